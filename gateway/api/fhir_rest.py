@@ -1,0 +1,170 @@
+"""The FHIR REST endpoints (base `/fhir`): thin glue between HTTP and the write path.
+
+Each view reads the request (negotiation), calls `Resources` or the store, and
+renders; it never builds an error itself. Which types and interactions exist
+comes from `gateway.registry`, as does the CapabilityStatement.
+"""
+from __future__ import annotations
+
+from flask import Blueprint, Response, request
+
+from gateway import capability
+from gateway.api import negotiation
+from gateway.errors import InvalidRequest, MethodNotAllowed, NotFound
+from gateway.registry import RESOURCE_TYPES, ResourceType
+from gateway.resources import _etag_version
+from gateway.services import services
+from gateway.store.repository import Stored, WriteResult, instant
+
+blueprint = Blueprint("fhir", __name__)
+
+
+def _spec(resource_type: str, interaction: str) -> ResourceType:
+    spec = RESOURCE_TYPES.get(resource_type)
+    if spec is None:
+        raise NotFound(f"Тип ресурса «{resource_type}» не поддерживается шлюзом.",
+                       f"Resource type {resource_type!r} is not supported.")
+    if interaction not in spec.interactions:
+        raise MethodNotAllowed(
+            f"Операция {interaction} не поддерживается для {resource_type}.",
+            f"Interaction {interaction} is not supported for {resource_type}.")
+    return spec
+
+
+def _base() -> str:
+    configured = services().settings.base_url
+    return (configured or request.url_root.rstrip("/") + "/fhir").rstrip("/")
+
+
+def _body() -> dict:
+    settings = services().settings
+    return negotiation.read_resource(request, settings.max_body_bytes, settings.max_json_depth)
+
+
+def _reply(resource: dict | None, status: int = 200, headers: dict | None = None) -> Response:
+    media_type = negotiation.response_type(request)
+    if resource is None or request.headers.get("Prefer", "").strip() == "return=minimal":
+        return Response(status=status, headers=headers or {})
+    return negotiation.render(resource, media_type, status, headers)
+
+
+def _version_headers(stored: Stored) -> dict:
+    return {
+        "ETag": stored.etag,
+        "Last-Modified": stored.last_updated.strftime("%a, %d %b %Y %H:%M:%S GMT"),
+        "Location": f"{_base()}/{stored.resource_type}/{stored.id}/_history/{stored.version}",
+    }
+
+
+def _write_reply(result: WriteResult) -> Response:
+    status = 201 if result.outcome == "created" else 200
+    return _reply(result.stored.content, status, _version_headers(result.stored))
+
+
+# --- system level ---------------------------------------------------------------------
+
+@blueprint.get("/metadata")
+def metadata():
+    return _reply(capability.statement(_base()))
+
+
+@blueprint.post("")
+@blueprint.post("/")
+def bundle():
+    negotiation.response_type(request)          # refuse an impossible Accept up front
+    body = _body()
+    if body.get("resourceType") != "Bundle" or body.get("type") not in ("transaction", "batch"):
+        raise InvalidRequest("На базовый адрес отправляется Bundle типа transaction или batch.",
+                             "POST to the base URL takes a transaction or batch Bundle.",
+                             expression="Bundle.type")
+    resources = services().resources
+    handler = resources.transaction if body["type"] == "transaction" else resources.batch
+    return _reply(handler(body, _base()))
+
+
+# --- type level ---------------------------------------------------------------------
+
+@blueprint.post("/<resource_type>")
+def create(resource_type: str):
+    _spec(resource_type, "create")
+    negotiation.response_type(request)
+    result = services().resources.create(_body(), resource_type,
+                                         request.headers.get("If-None-Exist"))
+    return _write_reply(result)
+
+
+@blueprint.put("/<resource_type>")
+def conditional_update(resource_type: str):
+    _spec(resource_type, "update")
+    negotiation.response_type(request)
+    query = request.query_string.decode("utf-8")
+    query = "&".join(p for p in query.split("&") if p and not p.startswith("_format="))
+    if not query:
+        raise InvalidRequest("Для PUT без id укажите условие, например "
+                             "?identifier=система|значение.",
+                             "PUT without an id needs a condition such as "
+                             "?identifier=system|value.")
+    return _write_reply(services().resources.conditional_update(_body(), resource_type, query))
+
+
+@blueprint.get("/<resource_type>")
+def search(resource_type: str):
+    _spec(resource_type, "search-type")      # 405 until search is built (registry says so)
+    raise AssertionError("search-type is not registered")
+
+
+# --- instance level -----------------------------------------------------------------
+
+@blueprint.get("/<resource_type>/<rid>")
+def read(resource_type: str, rid: str):
+    _spec(resource_type, "read")
+    stored = services().store.read(resource_type, rid)
+    return _reply(stored.content, 200, _version_headers(stored))
+
+
+@blueprint.get("/<resource_type>/<rid>/_history/<vid>")
+def vread(resource_type: str, rid: str, vid: str):
+    _spec(resource_type, "vread")
+    if not vid.isdigit():
+        raise NotFound(f"Версия «{vid}» не найдена.", f"Version {vid!r} not found.")
+    stored = services().store.vread(resource_type, rid, int(vid))
+    return _reply(stored.content, 200, _version_headers(stored))
+
+
+@blueprint.get("/<resource_type>/<rid>/_history")
+def history(resource_type: str, rid: str):
+    _spec(resource_type, "history-instance")
+    versions = services().store.history(resource_type, rid)
+    base = _base()
+    entries = []
+    for stored in versions:
+        entry: dict = {"fullUrl": f"{base}/{resource_type}/{rid}"}
+        if stored.content is not None:
+            entry["resource"] = stored.content
+        entry["request"] = {"method": "DELETE" if stored.deleted else
+                            ("POST" if stored.version == 1 else "PUT"),
+                            "url": resource_type if stored.version == 1 and not stored.deleted
+                            else f"{resource_type}/{rid}"}
+        entry["response"] = {"status": "204" if stored.deleted else
+                             ("201" if stored.version == 1 else "200"),
+                             "etag": stored.etag, "lastModified": instant(stored.last_updated)}
+        entries.append(entry)
+    return _reply({"resourceType": "Bundle", "type": "history", "total": len(entries),
+                   "entry": entries})
+
+
+@blueprint.put("/<resource_type>/<rid>")
+def update(resource_type: str, rid: str):
+    _spec(resource_type, "update")
+    negotiation.response_type(request)
+    if_match = _etag_version(request.headers.get("If-Match"))
+    result = services().resources.update(_body(), resource_type, rid, if_match)
+    return _write_reply(result)
+
+
+@blueprint.delete("/<resource_type>/<rid>")
+def delete(resource_type: str, rid: str):
+    _spec(resource_type, "delete")
+    result = services().resources.delete(resource_type, rid)
+    headers = {"ETag": result.stored.etag} if result else {}
+    return Response(status=204, headers=headers)

@@ -1,0 +1,83 @@
+"""Content negotiation: which format a request is in, and which the reply should be.
+
+FHIR JSON and XML, each under its FHIR and its generic media type; `_format`
+overrides Accept. An Accept we cannot satisfy is 406 and a Content-Type we cannot
+read is 415, both with an OperationOutcome (in JSON, the one format every client
+can read).
+"""
+from __future__ import annotations
+
+from flask import Request, Response
+
+from gateway import fhir
+from gateway.errors import MalformedBody, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
+
+JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
+XML_TYPES = ("application/fhir+xml", "application/xml", "text/xml", "application/xml+fhir")
+FORMAT_ALIASES = {"json": "application/fhir+json", "xml": "application/fhir+xml",
+                  "html": None, "text/html": None}
+PRODUCED = ("application/fhir+json", "application/json", "application/fhir+xml",
+            "application/xml", "text/xml")
+
+
+def response_type(request: Request) -> str:
+    """The media type to answer in: `_format`, else the best of Accept, else FHIR JSON."""
+    wanted = request.args.get("_format")
+    if wanted:
+        wanted = FORMAT_ALIASES.get(wanted, wanted.split(";")[0].strip())
+        if wanted in PRODUCED:
+            return wanted
+        raise NotAcceptable(f"Формат «{request.args.get('_format')}» не поддерживается: "
+                            "используйте json или xml.",
+                            f"_format {request.args.get('_format')!r} is not supported.")
+    accept = request.accept_mimetypes
+    if not accept or accept.best in ("*/*", "application/*"):
+        return "application/fhir+json"
+    best = accept.best_match(PRODUCED)
+    if best is None:
+        raise NotAcceptable("Запрошенный формат (Accept) не поддерживается: шлюз отвечает "
+                            "в application/fhir+json или application/fhir+xml.",
+                            f"Cannot produce any of Accept: {request.headers.get('Accept')}.")
+    return best
+
+
+def is_xml(media_type: str) -> bool:
+    return media_type in XML_TYPES
+
+
+def read_resource(request: Request, max_body: int, max_depth: int) -> dict:
+    """The request body as a resource dictionary, whichever format it came in."""
+    content_type = (request.mimetype or "").lower()
+    if request.content_length is not None and request.content_length > max_body:
+        raise _too_large(max_body)
+    if content_type in JSON_TYPES:
+        return fhir.parse_json(_body(request, max_body), max_depth)
+    if content_type in XML_TYPES:
+        return fhir.parse_xml(_body(request, max_body))
+    raise UnsupportedMediaType(
+        f"Тип содержимого «{content_type or 'не указан'}» не поддерживается: отправляйте "
+        "application/fhir+json или application/fhir+xml.",
+        f"Unsupported Content-Type {content_type or '(none)'}; "
+        "send application/fhir+json or application/fhir+xml.")
+
+
+def _body(request: Request, max_body: int) -> bytes:
+    body = request.stream.read(max_body + 1)
+    if len(body) > max_body:
+        raise _too_large(max_body)
+    if not body.strip():
+        raise MalformedBody("Пустое тело запроса.", "Empty request body.")
+    return body
+
+
+def _too_large(max_body: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"Тело запроса больше допустимого ({max_body // (1024 * 1024)} МБ): разделите данные "
+        "на несколько запросов.", f"Request body exceeds {max_body} bytes.")
+
+
+def render(resource: dict, media_type: str, status: int = 200,
+           headers: dict | None = None) -> Response:
+    body = fhir.to_xml_bytes(resource) if is_xml(media_type) else fhir.to_json_bytes(resource)
+    return Response(body, status=status, headers=headers or {},
+                    content_type=f"{media_type}; charset=utf-8")

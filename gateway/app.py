@@ -1,0 +1,73 @@
+"""The application factory: settings, services, blueprints and the one error handler.
+
+`create_app(settings)` takes a Settings, a dict of overrides, or nothing (the
+defaults file and GATEWAY_* variables). Services live in
+`app.extensions["gateway"]` and are reached through `gateway.services.services()`; views stay thin.
+Every failure becomes an OperationOutcome in `handle_error`, and nowhere else.
+"""
+from __future__ import annotations
+
+import logging
+from flask import Flask, request
+from werkzeug.exceptions import HTTPException
+
+from gateway.api import negotiation
+from gateway.errors import GatewayError
+from gateway.issues import Issue, operation_outcome
+from gateway.services import Services, load_terminology
+from gateway.settings import Settings, load_settings
+from gateway.store import database
+from gateway.store.repository import Store
+
+log = logging.getLogger("gateway")
+
+
+def create_app(settings: Settings | dict | None = None) -> Flask:
+    if not isinstance(settings, Settings):
+        settings = load_settings(settings)
+    logging.basicConfig(level=settings.log_level)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.ensure_ascii = False
+
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    engine = database.make_engine(settings.effective_database_url)
+    if settings.auto_migrate:
+        database.upgrade(engine)
+    app.extensions["gateway"] = Services(settings, engine, Store(engine),
+                                         load_terminology(settings))
+
+    from gateway.api import auth, fhir_rest, health
+    app.register_blueprint(health.blueprint)
+    app.register_blueprint(fhir_rest.blueprint, url_prefix="/fhir")
+    app.before_request(auth.require_token)
+    app.register_error_handler(Exception, handle_error)
+    return app
+
+
+def handle_error(error: Exception):
+    """Every failure as an OperationOutcome, in the client's format where possible."""
+    if isinstance(error, GatewayError):
+        status, outcome, headers = error.status, error.outcome(), error.headers
+    elif isinstance(error, HTTPException):
+        status, headers = error.code or 500, {}
+        outcome = operation_outcome([_http_issue(error)])
+    else:
+        log.exception("Unhandled error on %s %s", request.method, request.path)
+        status, headers = 500, {}
+        outcome = GatewayError().outcome()
+    try:
+        media_type = negotiation.response_type(request)
+    except GatewayError:
+        media_type = "application/fhir+json"
+    return negotiation.render(outcome, media_type, status, headers)
+
+
+def _http_issue(error: HTTPException) -> Issue:
+    texts = {
+        404: ("not-found", "Адрес не найден."),
+        405: ("not-supported", "Метод не поддерживается для этого адреса."),
+        413: ("too-long", "Тело запроса больше допустимого."),
+    }
+    code, text_ru = texts.get(error.code, ("processing", "Ошибка обработки запроса."))
+    return Issue(code, text_ru, f"{error.code} {error.name}: {error.description}")

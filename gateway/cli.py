@@ -1,0 +1,177 @@
+"""The `gateway` command: serve, database, clients, offline validation, НСИ books.
+
+    gateway serve [--host H] [--port P]       production server (gunicorn, gthread)
+    gateway db upgrade                        create or migrate the schema
+    gateway clients create --name N --role R  prints the new token on its last line
+    gateway validate FILE                     OperationOutcome for a JSON/XML file
+    gateway nsi load FILE|DIR                 load full НСИ books into the data dir
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from gateway.settings import Settings, load_settings
+
+
+@click.group()
+def main() -> None:
+    """HL7 FHIR gateway between clinic MIS and ЕГИСЗ (ФРМО, ФРМР, ЭЛМК)."""
+
+
+def _engine(settings: Settings):
+    from gateway.store import database
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    return database.make_engine(settings.effective_database_url)
+
+
+# --- serve ---------------------------------------------------------------------------
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--workers", type=int, help="Worker processes (default from settings).")
+@click.option("--threads", type=int, help="Threads per worker (default from settings).")
+def serve(host: str, port: int, workers: int | None, threads: int | None) -> None:
+    """Run the gateway under gunicorn (several processes, several threads each)."""
+    from gunicorn.app.base import BaseApplication
+
+    from gateway.app import create_app
+    from gateway.store import database
+    from gateway.store.clients import any_client, create_client
+
+    settings = load_settings()
+    engine = _engine(settings)
+    database.upgrade(engine)            # once, before the workers start
+    if not any_client(engine):
+        _, token = create_client(engine, "demo-admin", "admin")
+        click.echo("No API clients yet: created 'demo-admin'. Its bearer token, shown once:")
+        click.echo(token)
+    engine.dispose()
+    click.echo(f"Gateway on http://{host}:{port}/fhir  (database: "
+               f"{engine.url.render_as_string(hide_password=True)})")
+
+    class Server(BaseApplication):
+        def load_config(self):
+            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("workers", workers or settings.serve_workers)
+            self.cfg.set("threads", threads or settings.serve_threads)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("timeout", 120)
+            self.cfg.set("accesslog", "-")
+
+        def load(self):
+            return create_app({"auto_migrate": False})
+
+    Server().run()
+
+
+# --- db ------------------------------------------------------------------------------
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command()
+def upgrade() -> None:
+    """Create the schema or migrate it to the newest version."""
+    from gateway.store import database
+    settings = load_settings()
+    database.upgrade(_engine(settings))
+    click.echo("Database schema is up to date.")
+
+
+# --- clients -------------------------------------------------------------------------
+
+@main.group()
+def clients() -> None:
+    """API clients and their bearer tokens."""
+
+
+@clients.command("create")
+@click.option("--name", required=True)
+@click.option("--role", required=True, type=click.Choice(["mis", "region", "admin"]))
+@click.option("--org", "organization", help="ФРМО OID of the client's organization.")
+@click.option("--region", help="Two-digit region code, for regional systems.")
+def clients_create(name: str, role: str, organization: str | None, region: str | None) -> None:
+    """Register a client; its token is printed once, on the last line."""
+    from gateway.store import database
+    from gateway.store.clients import create_client
+    settings = load_settings()
+    engine = _engine(settings)
+    database.upgrade(engine)
+    client, token = create_client(engine, name, role, organization, region)
+    click.echo(f"Client {client.name!r} (role {client.role}) created. Bearer token:")
+    click.echo(token)
+
+
+# --- validate ------------------------------------------------------------------------
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def validate(file: Path) -> None:
+    """Validate a FHIR JSON or XML file offline and print the OperationOutcome.
+
+    Exits 0 when the resource would be accepted, 1 when it would be refused.
+    """
+    from gateway import fhir, validation
+    from gateway.errors import GatewayError
+    from gateway.issues import has_errors, operation_outcome
+    from gateway.services import load_terminology
+
+    settings = load_settings()
+    body = file.read_bytes()
+    try:
+        if body.lstrip()[:1] == b"<":
+            resource = fhir.parse_xml(body)
+        else:
+            resource = fhir.parse_json(body, settings.max_json_depth)
+        ctx = validation.ValidationContext(load_terminology(settings),
+                                           max_attachment_bytes=settings.max_attachment_bytes,
+                                           oms_check_digit=settings.oms_check_digit)
+        _, issues = validation.validate(resource, ctx)
+    except GatewayError as error:
+        issues = error.issues
+    except fhir.StructureInvalid as error:
+        issues = error.issues
+    click.echo(json.dumps(operation_outcome(issues), ensure_ascii=False, indent=2))
+    sys.exit(1 if has_errors(issues) else 0)
+
+
+# --- nsi -----------------------------------------------------------------------------
+
+@main.group()
+def nsi() -> None:
+    """НСИ reference books."""
+
+
+@nsi.command("load")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+def nsi_load(path: Path) -> None:
+    """Load full books exported from the НСИ portal (JSON parts + passport, or CSV).
+
+    A book replaces the shipped subset (or an earlier load) when its version is the
+    same or newer. Restart the gateway to use it.
+    """
+    from gateway.services import load_terminology
+    from gateway.validation import terminology
+
+    settings = load_settings()
+    held = load_terminology(settings)
+    try:
+        books = terminology.load_path(path)
+    except terminology.BookError as error:
+        raise click.ClickException(str(error)) from None
+    for book in books:
+        current = held.book(book.oid)
+        if current is not None and \
+                terminology.version_key(book.version) < terminology.version_key(current.version):
+            click.echo(f"{book.oid}: version {book.version} is older than the loaded "
+                       f"{current.version}; skipped.")
+            continue
+        terminology.save_book(book, settings.data_path / "nsi")
+        click.echo(f"{book.oid} «{book.title}» v{book.version}: {len(book.codes)} codes loaded.")

@@ -1,0 +1,226 @@
+"""The single import point of fhir.resources, and the FHIR wire formats.
+
+fhir.resources ships R5 as its default package; our resources are R4-shaped, so
+every model comes from `fhir.resources.R4B` through `model_class` here and nowhere
+else, so releases never mix. This module also turns request bodies (JSON or XML)
+into plain dictionaries and back, refusing the hostile shapes a public endpoint
+receives: deep nesting, DOCTYPEs and entity declarations, non-object bodies.
+
+Structure problems are reported as `Issue`s with the FHIRPath of the element,
+all at once, never only the first.
+"""
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from functools import lru_cache
+
+import pydantic
+from fhir.resources.R4B import get_fhir_model_class
+from lxml import etree
+
+from gateway.errors import MalformedBody
+from gateway.issues import Issue
+
+FHIR_NS = "http://hl7.org/fhir"
+
+
+@lru_cache(maxsize=None)
+def model_class(resource_type: str):
+    """The R4B model for a resource type name, or None if fhir.resources has none."""
+    try:
+        cls = get_fhir_model_class(resource_type)
+    except (KeyError, ValueError, AttributeError):
+        return None
+    return cls if cls.has_resource_base() else None
+
+
+# --- reading bodies -------------------------------------------------------------
+
+def parse_json(body: bytes, max_depth: int) -> dict:
+    """A JSON object from a request body, or MalformedBody saying what is wrong."""
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise MalformedBody("Тело запроса не в кодировке UTF-8.",
+                            f"Body is not valid UTF-8: {exc.reason}") from None
+    depth = _nesting_depth(text)
+    if depth > max_depth:
+        raise MalformedBody(
+            f"Слишком глубокая вложенность JSON ({depth} уровней, допустимо {max_depth}).",
+            f"JSON nesting too deep: {depth} levels, limit {max_depth}.")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MalformedBody(
+            f"Некорректный JSON: строка {exc.lineno}, позиция {exc.colno}: {exc.msg}.",
+            f"Malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise MalformedBody("Ожидался JSON-объект ресурса FHIR.",
+                            "Expected a JSON object holding a FHIR resource.")
+    return value
+
+
+def _nesting_depth(text: str) -> int:
+    """Deepest bracket nesting outside strings: checked before json.loads recurses."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def safe_xml_parser() -> etree.XMLParser:
+    """An lxml parser that never resolves entities, loads DTDs or touches the network."""
+    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
+                           dtd_validation=False, huge_tree=False, remove_comments=True)
+
+
+def parse_xml_tree(body: bytes) -> etree._Element:
+    """The root element of an XML body; any DOCTYPE or entity declaration is refused."""
+    try:
+        tree = etree.fromstring(body, safe_xml_parser()).getroottree()
+    except etree.XMLSyntaxError as exc:
+        raise MalformedBody(f"Некорректный XML: {exc.msg}.",
+                            f"Malformed XML: {exc.msg}") from None
+    if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
+        raise MalformedBody(
+            "XML с объявлением DOCTYPE или сущностей не принимается.",
+            "XML with a DOCTYPE or entity declarations is refused.")
+    return tree.getroot()
+
+
+def parse_xml(body: bytes) -> dict:
+    """A FHIR XML resource as the same dictionary its JSON form would give."""
+    root = parse_xml_tree(body)
+    resource_type = etree.QName(root).localname
+    if etree.QName(root).namespace != FHIR_NS:
+        raise MalformedBody("Корневой элемент XML должен быть в пространстве имён "
+                            "http://hl7.org/fhir.",
+                            "The XML root element must be in the http://hl7.org/fhir namespace.")
+    cls = model_class(resource_type)
+    if cls is None:
+        raise MalformedBody(f"Неизвестный тип ресурса «{resource_type}».",
+                            f"Unknown resource type {resource_type!r}.")
+    try:
+        model = cls.model_validate_xml(etree.tostring(root), xmlparser=safe_xml_parser())
+    except pydantic.ValidationError as exc:
+        raise StructureInvalid(pydantic_issues(resource_type, exc)) from None
+    except (ValueError, TypeError, etree.XMLSyntaxError) as exc:
+        raise MalformedBody("XML не соответствует структуре ресурса FHIR.",
+                            f"XML does not follow the FHIR resource structure: {exc}") from None
+    return json.loads(model.model_dump_json())
+
+
+# --- writing bodies -------------------------------------------------------------
+
+def to_json_bytes(resource: dict, pretty: bool = False) -> bytes:
+    return json.dumps(resource, ensure_ascii=False, indent=2 if pretty else None,
+                      separators=None if pretty else (",", ":")).encode("utf-8")
+
+
+def to_xml_bytes(resource: dict, pretty: bool = False) -> bytes:
+    """FHIR XML for a resource dictionary, in the element order the R4 schema wants."""
+    cls = model_class(resource["resourceType"])
+    model = cls.model_validate(resource)
+    xml = model.model_dump_xml(pretty_print=pretty)
+    return xml if isinstance(xml, bytes) else xml.encode("utf-8")
+
+
+# --- structure ------------------------------------------------------------------
+
+class StructureInvalid(Exception):
+    """Raised by parse_xml when a well-formed document breaks the FHIR structure."""
+
+    def __init__(self, issues: list[Issue]):
+        super().__init__(issues)
+        self.issues = issues
+
+
+def check_structure(resource: dict) -> list[Issue]:
+    """Every structural problem of a resource: unknown elements, types, cardinality."""
+    resource_type = resource.get("resourceType")
+    cls = model_class(resource_type) if isinstance(resource_type, str) else None
+    if cls is None:
+        return [Issue("not-supported", f"Неизвестный тип ресурса «{resource_type}».",
+                      f"Unknown resource type {resource_type!r}.", "resourceType")]
+    try:
+        model = cls.model_validate(resource)
+    except pydantic.ValidationError as exc:
+        return pydantic_issues(resource_type, exc)
+    return list(_json_type_issues(resource, model, resource_type))
+
+
+_PYDANTIC_CODES = {
+    "extra_forbidden": ("structure", "Неизвестный элемент: такого поля нет в ресурсе FHIR R4; "
+                                     "удалите его или проверьте написание.",
+                        "Unknown element"),
+    "missing": ("required", "Обязательный элемент не заполнен.", "Required element missing"),
+    "model_field_validation.missing": ("required", "Обязательный элемент не заполнен.",
+                                       "Required element missing"),
+    "list_type": ("structure", "Элемент должен быть массивом (повторяющийся элемент).",
+                  "Element must be an array"),
+    "model_type": ("structure", "Элемент должен быть объектом.", "Element must be an object"),
+    "dict_type": ("structure", "Элемент должен быть объектом.", "Element must be an object"),
+}
+
+
+def pydantic_issues(resource_type: str, error: pydantic.ValidationError) -> list[Issue]:
+    issues = []
+    for err in error.errors():
+        code, text_ru, text_en = _PYDANTIC_CODES.get(
+            err["type"], ("value", "Недопустимое значение элемента.", "Invalid value"))
+        issues.append(Issue(code, f"{text_ru} ({err['msg']})", f"{text_en}: {err['msg']}",
+                            fhirpath(resource_type, err["loc"])))
+    return issues
+
+
+def fhirpath(resource_type: str, loc) -> str:
+    """('identifier', 0, 'value') -> 'Practitioner.identifier[0].value'."""
+    path = resource_type
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part not in ("", "__root__"):
+            path += f".{part}"
+    return path
+
+
+def _json_type_issues(raw, model, path: str):
+    """JSON primitives of the wrong kind that pydantic's lax parsing let through.
+
+    FHIR JSON requires true/false for booleans and numbers for numbers; pydantic
+    would quietly read "yes" as True.
+    """
+    if isinstance(raw, dict) and isinstance(model, pydantic.BaseModel):
+        fields = type(model).model_fields
+        by_alias = {(f.alias or name): name for name, f in fields.items()}
+        for key, raw_value in raw.items():
+            name = by_alias.get(key)
+            if name is None:
+                continue
+            yield from _json_type_issues(raw_value, getattr(model, name, None), f"{path}.{key}")
+    elif isinstance(raw, list) and isinstance(model, list):
+        for index, (raw_item, item) in enumerate(zip(raw, model, strict=False)):
+            yield from _json_type_issues(raw_item, item, f"{path}[{index}]")
+    elif isinstance(model, bool) and not isinstance(raw, bool):
+        yield Issue("value", "Логическое значение должно быть записано как true или false "
+                             "без кавычек.",
+                    "A boolean must be the JSON literal true or false.", path)
+    elif isinstance(model, (int, float, Decimal)) and not isinstance(model, bool) \
+            and (isinstance(raw, (str, bool))):
+        yield Issue("value", "Число должно быть записано без кавычек.",
+                    "A number must be a JSON number, not a string.", path)

@@ -1,0 +1,349 @@
+"""Versioned resources: create, read, update, delete, history, conditional writes.
+
+Every write runs in one database transaction that (1) locks what it depends on,
+(2) writes a new row in `resource_versions`, (3) moves the `resources` row to it
+and (4) replaces the resource's rows in the search index. A transaction Bundle
+runs several such writes in the same database transaction (`Store.write()`).
+
+Concurrency. Conditional creates and updates by business identifier must never
+make two resources for one identifier, even when twenty arrive at once:
+- SQLite: every write transaction begins IMMEDIATE, so writers are serialised
+  and the search-then-create inside one transaction cannot interleave.
+- PostgreSQL: the transaction first takes a transaction-scoped advisory lock on
+  the condition (`pg_advisory_xact_lock`), so writers of the same identifier
+  queue while others proceed; READ COMMITTED lets the next holder see the row the
+  previous one committed.
+Version checks (`If-Match`) lock the `resources` row (`FOR UPDATE`). A unique key
+on (type, id) catches the rest (two create-on-update PUTs of a new id), and the
+losing transaction is retried.
+"""
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import and_, delete, func, insert, select, text, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from gateway.errors import Conflict, Gone, InvalidRequest, NotFound, PreconditionFailed
+from gateway.store import indexing
+from gateway.store.schema import INDEX_TABLES, resource_versions, resources, search_token
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+RETRIES = 5
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A resource version as stored: content includes meta.versionId and lastUpdated."""
+
+    resource_type: str
+    id: str
+    version: int
+    last_updated: datetime
+    deleted: bool
+    content: dict | None
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version}"'
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    stored: Stored
+    outcome: str          # created | updated | unchanged | deleted | matched
+
+
+def utcnow() -> datetime:
+    """Now in UTC, at the millisecond precision that meta.lastUpdated shows."""
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def instant(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds") + "+00:00"
+
+
+class Store:
+    """The store's operations. `engine` is a SQLAlchemy engine (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.sqlite = engine.dialect.name == "sqlite"
+
+    # --- transactions --------------------------------------------------------------
+
+    @contextmanager
+    def write(self):
+        """One write transaction (BEGIN IMMEDIATE on SQLite)."""
+        with self.engine.connect().execution_options(write=True) as conn:
+            with conn.begin():
+                yield conn
+
+    def run_write(self, work: Callable[[Connection], object]):
+        """Run `work(conn)` in a write transaction, retrying lost races."""
+        for attempt in range(RETRIES):
+            try:
+                with self.write() as conn:
+                    return work(conn)
+            except IntegrityError:
+                if attempt == RETRIES - 1:
+                    raise
+            except OperationalError as exc:
+                # PostgreSQL deadlock / serialization failure: try again.
+                if attempt == RETRIES - 1 or "deadlock" not in str(exc).lower():
+                    raise
+        raise AssertionError("unreachable")
+
+    # --- reads ---------------------------------------------------------------------
+
+    def read(self, resource_type: str, rid: str) -> Stored:
+        with self.engine.connect() as conn:
+            return self.read_in(conn, resource_type, rid)
+
+    def read_in(self, conn: Connection, resource_type: str, rid: str) -> Stored:
+        row = conn.execute(
+            select(resource_versions)
+            .join(resources, and_(resources.c.pk == resource_versions.c.resource_pk,
+                                  resources.c.version == resource_versions.c.version))
+            .where(resources.c.resource_type == resource_type, resources.c.id == rid)
+        ).first()
+        if row is None:
+            raise NotFound(f"Ресурс {resource_type}/{rid} не найден.",
+                           f"Resource {resource_type}/{rid} not found.")
+        stored = _stored(row)
+        if stored.deleted:
+            raise Gone(f"Ресурс {resource_type}/{rid} удалён.",
+                       f"Resource {resource_type}/{rid} was deleted.",
+                       headers={"ETag": stored.etag})
+        return stored
+
+    def vread(self, resource_type: str, rid: str, version: int) -> Stored:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(resource_versions).where(
+                resource_versions.c.resource_type == resource_type,
+                resource_versions.c.id == rid,
+                resource_versions.c.version == version)).first()
+        if row is None:
+            raise NotFound(f"Версия {version} ресурса {resource_type}/{rid} не найдена.",
+                           f"Version {version} of {resource_type}/{rid} not found.")
+        stored = _stored(row)
+        if stored.deleted:
+            raise Gone(f"Версия {version} ресурса {resource_type}/{rid} — удаление.",
+                       f"Version {version} of {resource_type}/{rid} is a deletion.")
+        return stored
+
+    def history(self, resource_type: str, rid: str) -> list[Stored]:
+        """All versions of one resource, newest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(resource_versions).where(
+                resource_versions.c.resource_type == resource_type,
+                resource_versions.c.id == rid).order_by(resource_versions.c.version.desc())
+            ).all()
+        if not rows:
+            raise NotFound(f"Ресурс {resource_type}/{rid} не найден.",
+                           f"Resource {resource_type}/{rid} not found.")
+        return [_stored(row) for row in rows]
+
+    def find_ids(self, conn: Connection, resource_type: str,
+                 condition: list[tuple[str, str | None, str]]) -> list[str]:
+        """Ids of live resources matching every (param, system, code) token condition."""
+        query = select(resources.c.id).where(resources.c.resource_type == resource_type,
+                                             resources.c.deleted.is_(False))
+        for param, system, code in condition:
+            if param == "_id":
+                query = query.where(resources.c.id == code)
+                continue
+            token = select(search_token.c.resource_pk).where(
+                search_token.c.resource_type == resource_type,
+                search_token.c.param == param, search_token.c.code == code)
+            if system is not None:
+                token = token.where(search_token.c.system == system)
+            query = query.where(resources.c.pk.in_(token))
+        return list(conn.execute(query.limit(2)).scalars())
+
+    # --- writes --------------------------------------------------------------------
+
+    def match(self, conn: Connection, resource_type: str, condition) -> str | None:
+        """The id of the one live resource matching a condition, locking the condition.
+
+        The lock is held until the transaction ends, so a writer that finds nothing
+        can create without another writer of the same condition slipping in.
+        """
+        self._lock(conn, resource_type, condition)
+        matches = self.find_ids(conn, resource_type, condition)
+        if len(matches) > 1:
+            raise PreconditionFailed(
+                "Условию соответствует несколько ресурсов: уточните условие.",
+                "The condition matched more than one resource.")
+        return matches[0] if matches else None
+
+    def create(self, conn: Connection, resource: dict,
+               condition: list[tuple[str, str | None, str]] | None = None,
+               rid: str | None = None) -> WriteResult:
+        """Create (id assigned by the server unless given); with a condition, the match wins."""
+        resource_type = resource["resourceType"]
+        if condition:
+            found = self.match(conn, resource_type, condition)
+            if found:
+                return WriteResult(self.read_in(conn, resource_type, found), "matched")
+        return self._insert_new(conn, resource, rid or str(uuid.uuid4()))
+
+    def update(self, conn: Connection, resource: dict, rid: str,
+               if_match: int | None = None) -> WriteResult:
+        """Update, or create with the given id (create-on-update)."""
+        _check_id(rid)
+        resource_type = resource["resourceType"]
+        if resource.get("id") not in (None, rid):
+            raise Conflict("Идентификатор ресурса в теле не совпадает с идентификатором в URL.",
+                           f"Resource id {resource.get('id')!r} does not match URL id {rid!r}.",
+                           expression=f"{resource_type}.id")
+        current = self._lock_row(conn, resource_type, rid)
+        if current is None:
+            if if_match is not None:
+                raise PreconditionFailed(
+                    f"Ресурс {resource_type}/{rid} не существует, а If-Match задан.",
+                    f"If-Match given but {resource_type}/{rid} does not exist.")
+            return self._insert_new(conn, resource, rid)
+        pk, version, deleted = current
+        if if_match is not None and if_match != version:
+            raise PreconditionFailed(
+                f"Версия устарела: текущая версия {version}, в If-Match указана {if_match}. "
+                "Прочитайте ресурс заново и повторите изменение.",
+                f"Version conflict: current version is {version}, If-Match names {if_match}.")
+        if not deleted:
+            previous = self.read_in(conn, resource_type, rid)
+            if _same_content(previous.content, resource):
+                return WriteResult(previous, "unchanged")
+        return WriteResult(self._write_version(conn, pk, resource, rid, version + 1, "PUT"),
+                           "updated")
+
+    def conditional_update(self, conn: Connection, resource: dict,
+                           condition: list[tuple[str, str | None, str]]) -> WriteResult:
+        found = self.match(conn, resource["resourceType"], condition)
+        return self.update(conn, resource, found or resource.get("id") or str(uuid.uuid4()))
+
+    def delete(self, conn: Connection, resource_type: str, rid: str) -> WriteResult | None:
+        """Logical delete: a new, empty version marked deleted. None if nothing to delete."""
+        current = self._lock_row(conn, resource_type, rid)
+        if current is None:
+            return None
+        pk, version, deleted = current
+        if deleted:
+            return None
+        now = utcnow()
+        conn.execute(insert(resource_versions).values(
+            resource_pk=pk, resource_type=resource_type, id=rid, version=version + 1,
+            last_updated=now, method="DELETE", deleted=True, content=None))
+        conn.execute(update(resources).where(resources.c.pk == pk).values(
+            version=version + 1, last_updated=now, deleted=True))
+        self._reindex(conn, pk, resource_type, None)
+        return WriteResult(Stored(resource_type, rid, version + 1, now, True, None), "deleted")
+
+    # --- internals -----------------------------------------------------------------
+
+    def _insert_new(self, conn: Connection, resource: dict, rid: str) -> WriteResult:
+        now = utcnow()
+        pk = conn.execute(insert(resources).values(
+            resource_type=resource["resourceType"], id=rid, version=1, last_updated=now,
+            deleted=False).returning(resources.c.pk)).scalar_one()
+        return WriteResult(self._write_version(conn, pk, resource, rid, 1, "POST", now),
+                           "created")
+
+    def _write_version(self, conn: Connection, pk: int, resource: dict, rid: str,
+                       version: int, method: str, now: datetime | None = None) -> Stored:
+        now = now or utcnow()
+        content = _with_meta(resource, rid, version, now)
+        conn.execute(insert(resource_versions).values(
+            resource_pk=pk, resource_type=content["resourceType"], id=rid, version=version,
+            last_updated=now, method=method, deleted=False,
+            content=json.dumps(content, ensure_ascii=False, separators=(",", ":"))))
+        if version > 1:
+            conn.execute(update(resources).where(resources.c.pk == pk).values(
+                version=version, last_updated=now, deleted=False))
+        self._reindex(conn, pk, content["resourceType"], content)
+        return Stored(content["resourceType"], rid, version, now, False, content)
+
+    def _reindex(self, conn: Connection, pk: int, resource_type: str,
+                 content: dict | None) -> None:
+        for table in INDEX_TABLES.values():
+            conn.execute(delete(table).where(table.c.resource_pk == pk))
+        if content is None:
+            return
+        by_kind: dict[str, list[dict]] = {}
+        for kind, param, values in indexing.extract(content):
+            table = INDEX_TABLES[kind]
+            columns = [c.name for c in table.columns][3:]
+            by_kind.setdefault(kind, []).append(
+                {"resource_pk": pk, "resource_type": resource_type, "param": param,
+                 **dict(zip(columns, values, strict=True))})
+        for kind, rows in by_kind.items():
+            conn.execute(insert(INDEX_TABLES[kind]), rows)
+
+    def _lock_row(self, conn: Connection, resource_type: str, rid: str):
+        query = select(resources.c.pk, resources.c.version, resources.c.deleted).where(
+            resources.c.resource_type == resource_type, resources.c.id == rid)
+        if not self.sqlite:
+            query = query.with_for_update()
+        return conn.execute(query).first()
+
+    def _lock(self, conn: Connection, resource_type: str, condition) -> None:
+        """Serialise writers of the same condition (SQLite is serialised already)."""
+        if self.sqlite:
+            return
+        key = resource_type + "?" + "&".join(f"{p}={s}|{c}" for p, s, c in sorted(
+            condition, key=lambda t: (t[0], t[1] or "", t[2])))
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                     {"key": key})
+
+    def count(self, resource_type: str) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(resources).where(
+                resources.c.resource_type == resource_type,
+                resources.c.deleted.is_(False))).scalar_one()
+
+
+def _check_id(rid: str) -> None:
+    if not ID_PATTERN.match(rid):
+        raise InvalidRequest(
+            "Недопустимый идентификатор ресурса: 1–64 символа из латинских букв, цифр, "
+            "«-» и «.».", "Invalid resource id: 1-64 characters [A-Za-z0-9-.].")
+
+
+def _with_meta(resource: dict, rid: str, version: int, now: datetime) -> dict:
+    content = dict(resource)
+    content["id"] = rid
+    meta = dict(content.get("meta") or {})
+    meta["versionId"] = str(version)
+    meta["lastUpdated"] = instant(now)
+    content["meta"] = meta
+    # keep resourceType, id, meta first, as FHIR JSON usually shows them
+    head = {k: content.pop(k) for k in ("resourceType", "id", "meta")}
+    return {**head, **content}
+
+
+def _without_server_meta(resource: dict | None) -> dict:
+    resource = dict(resource or {})
+    meta = {k: v for k, v in (resource.pop("meta", None) or {}).items()
+            if k not in ("versionId", "lastUpdated")}
+    resource.pop("id", None)
+    if meta:
+        resource["meta"] = meta
+    return resource
+
+
+def _same_content(stored: dict | None, incoming: dict) -> bool:
+    return _without_server_meta(stored) == _without_server_meta(incoming)
+
+
+def _stored(row) -> Stored:
+    content = json.loads(row.content) if row.content else None
+    return Stored(row.resource_type, row.id, row.version, row.last_updated, row.deleted,
+                  content)
