@@ -12,6 +12,7 @@ all at once, never only the first.
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from functools import lru_cache
 
@@ -178,11 +179,18 @@ _PYDANTIC_CODES = {
 }
 
 
+_RUSSIAN_DATE = re.compile(r"^\d{1,2}\.\d{1,2}\.\d{4}")
+
+
 def pydantic_issues(resource_type: str, error: pydantic.ValidationError) -> list[Issue]:
     issues = []
     for err in error.errors():
         code, text_ru, text_en = _PYDANTIC_CODES.get(
             err["type"], ("value", "Недопустимое значение элемента.", "Invalid value"))
+        if isinstance(err.get("input"), str) and _RUSSIAN_DATE.match(err["input"]):
+            text_ru = ("Дата записана как ДД.ММ.ГГГГ; в FHIR даты пишутся в формате ГГГГ-ММ-ДД, "
+                       "например 1985-03-14.")
+            text_en = "Date written as DD.MM.YYYY; FHIR requires YYYY-MM-DD"
         issues.append(Issue(code, f"{text_ru} ({err['msg']})", f"{text_en}: {err['msg']}",
                             fhirpath(resource_type, err["loc"])))
     return issues

@@ -23,19 +23,23 @@ from gateway.validation.terminology import REGIONS
 PERSON_TYPES = ("Practitioner", "Patient")
 RUSSIAN_COUNTRIES = {"ru", "rus", "643", "россия", "российская федерация", "рф"}
 EARLIEST_BIRTH = date(1900, 1, 1)
+LABELS_RU = {"phone": "Телефон", "email": "Электронная почта"}
 
 
 def check(resource: dict, ctx: ValidationContext) -> tuple[dict, list[Issue]]:
     resource = copy.deepcopy(resource)
     rtype = resource.get("resourceType", "")
     issues: list[Issue] = []
+    russian = is_russian(resource)
     for path, node in walk_objects(resource, rtype):
         if "system" in node and "value" in node:
-            issues += _check_identifier_or_contact(node, path, ctx)
+            issues += _check_identifier_or_contact(node, path, ctx, russian)
     if rtype in PERSON_TYPES:
         issues += _check_names(resource, rtype)
-        issues += _check_birth_date(resource, rtype, ctx.today)
-        issues += _check_passport_dates(resource, rtype, ctx.today)
+        birth_issues = _check_birth_date(resource, rtype, ctx.today)
+        issues += birth_issues
+        if not birth_issues:      # a wrong birth date would make every passport look early
+            issues += _check_passport_dates(resource, rtype, ctx.today)
     issues += _check_issue_dates(resource, rtype, ctx.today)
     issues += _check_addresses(resource, rtype, ctx)
     return resource, issues
@@ -75,7 +79,22 @@ def _checker(system: str, ctx: ValidationContext) -> Callable[[str], str] | None
     }.get(system)
 
 
-def _check_identifier_or_contact(node: dict, path: str, ctx: ValidationContext) -> list[Issue]:
+def is_russian(resource: dict) -> bool:
+    """Whether a resource speaks of Russia: a Russian identifier or a Russian address.
+
+    Foreign records (the HL7 examples: Dutch, American, Australian) write phones in
+    their national formats; there a number that is not E.164 is only a warning.
+    """
+    russian_systems = set(systems.LABELS)
+    return any(
+        systems.preferred_system(i.get("system"), i.get("value")) in russian_systems
+        for i in resource.get("identifier") or [] if isinstance(i, dict)
+    ) or any(_is_russian_address(a) for a in resource.get("address") or []
+             if isinstance(a, dict))
+
+
+def _check_identifier_or_contact(node: dict, path: str, ctx: ValidationContext,
+                                 russian: bool) -> list[Issue]:
     system, value = node.get("system"), node.get("value")
     if not isinstance(system, str) or not isinstance(value, str):
         return []
@@ -87,8 +106,9 @@ def _check_identifier_or_contact(node: dict, path: str, ctx: ValidationContext) 
     try:
         normalised = checker(value)
     except ids.InvalidValue as exc:
-        return [Issue("value", f"{label}: {exc.text_ru}", f"{preferred}: {exc.text_en}",
-                      f"{path}.value")]
+        severity = "error" if russian or preferred != "phone" else "warning"
+        return [Issue("value", f"{LABELS_RU.get(label, label)}: {exc.text_ru}",
+                      f"{preferred}: {exc.text_en}", f"{path}.value", severity)]
     node["value"] = normalised
     if preferred not in ("phone", "email"):
         node["system"] = preferred
