@@ -136,8 +136,6 @@ def validate(file: Path) -> None:
         _, issues = validation.validate(resource, ctx)
     except GatewayError as error:
         issues = error.issues
-    except fhir.StructureInvalid as error:
-        issues = error.issues
     click.echo(json.dumps(operation_outcome(issues), ensure_ascii=False, indent=2))
     sys.exit(1 if has_errors(issues) else 0)
 

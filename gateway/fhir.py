@@ -20,7 +20,7 @@ import pydantic
 from fhir.resources.R4B import get_fhir_model_class
 from lxml import etree
 
-from gateway.errors import MalformedBody
+from gateway.errors import MalformedBody, ValidationFailed
 from gateway.issues import Issue
 
 FHIR_NS = "http://hl7.org/fhir"
@@ -90,18 +90,31 @@ def safe_xml_parser() -> etree.XMLParser:
                            dtd_validation=False, huge_tree=False, remove_comments=True)
 
 
+_DECLARATION = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+
+
 def parse_xml_tree(body: bytes) -> etree._Element:
-    """The root element of an XML body; any DOCTYPE or entity declaration is refused."""
+    """The root element of an XML body; any DOCTYPE or entity declaration is refused.
+
+    The raw bytes are searched first, so the parser never sees a declaration; the
+    parsed tree is checked again for encodings the byte search cannot read.
+    """
+    if _DECLARATION.search(body):
+        raise _doctype_refused()
     try:
         tree = etree.fromstring(body, safe_xml_parser()).getroottree()
     except etree.XMLSyntaxError as exc:
         raise MalformedBody(f"Некорректный XML: {exc.msg}.",
                             f"Malformed XML: {exc.msg}") from None
     if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
-        raise MalformedBody(
-            "XML с объявлением DOCTYPE или сущностей не принимается.",
-            "XML with a DOCTYPE or entity declarations is refused.")
+        raise _doctype_refused()
     return tree.getroot()
+
+
+def _doctype_refused() -> MalformedBody:
+    return MalformedBody("XML с объявлением DOCTYPE или сущностей не принимается: удалите "
+                         "DOCTYPE, FHIR XML в нём не нуждается.",
+                         "XML with a DOCTYPE or entity declarations is refused.")
 
 
 def parse_xml(body: bytes) -> dict:
@@ -119,7 +132,7 @@ def parse_xml(body: bytes) -> dict:
     try:
         model = cls.model_validate_xml(etree.tostring(root), xmlparser=safe_xml_parser())
     except pydantic.ValidationError as exc:
-        raise StructureInvalid(pydantic_issues(resource_type, exc)) from None
+        raise ValidationFailed(pydantic_issues(resource_type, exc)) from None
     except (ValueError, TypeError, etree.XMLSyntaxError) as exc:
         raise MalformedBody("XML не соответствует структуре ресурса FHIR.",
                             f"XML does not follow the FHIR resource structure: {exc}") from None
@@ -142,14 +155,6 @@ def to_xml_bytes(resource: dict, pretty: bool = False) -> bytes:
 
 
 # --- structure ------------------------------------------------------------------
-
-class StructureInvalid(Exception):
-    """Raised by parse_xml when a well-formed document breaks the FHIR structure."""
-
-    def __init__(self, issues: list[Issue]):
-        super().__init__(issues)
-        self.issues = issues
-
 
 def check_structure(resource: dict) -> list[Issue]:
     """Every structural problem of a resource: unknown elements, types, cardinality."""

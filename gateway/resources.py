@@ -20,7 +20,7 @@ from gateway import validation
 from gateway.errors import GatewayError, InvalidRequest, MethodNotAllowed, ValidationFailed
 from gateway.issues import Issue, has_errors, operation_outcome
 from gateway.registry import RESOURCE_TYPES
-from gateway.store.repository import Store, Stored, WriteResult, instant
+from gateway.store.repository import Store, Stored, WriteResult, check_id, instant
 from gateway.validation import identifiers, systems
 from gateway.validation.context import ValidationContext
 
@@ -64,6 +64,7 @@ class Resources:
 
     def update(self, resource: dict, resource_type: str, rid: str,
                if_match: int | None) -> WriteResult:
+        check_id(rid)
         prepared = self.prepare(resource, resource_type)
         return self.store.run_write(
             lambda conn: self.store.update(conn, prepared, rid, if_match))

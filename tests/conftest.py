@@ -73,11 +73,16 @@ def app(database_url, tmp_path):
                       "log_level": "WARNING"})
     yield app
     engine = app.extensions["gateway"].engine
+    empty_postgres(engine)
+    engine.dispose()
+
+
+def empty_postgres(engine) -> None:
+    """Empty every table, so the next test on the shared PostgreSQL database starts clean."""
     if engine.dialect.name == "postgresql":
         with engine.begin() as conn:
             names = ", ".join(t.name for t in metadata.sorted_tables)
             conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-    engine.dispose()
 
 
 @pytest.fixture

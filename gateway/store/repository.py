@@ -199,7 +199,7 @@ class Store:
     def update(self, conn: Connection, resource: dict, rid: str,
                if_match: int | None = None) -> WriteResult:
         """Update, or create with the given id (create-on-update)."""
-        _check_id(rid)
+        check_id(rid)
         resource_type = resource["resourceType"]
         if resource.get("id") not in (None, rid):
             raise Conflict("Идентификатор ресурса в теле не совпадает с идентификатором в URL.",
@@ -310,7 +310,7 @@ class Store:
                 resources.c.deleted.is_(False))).scalar_one()
 
 
-def _check_id(rid: str) -> None:
+def check_id(rid: str) -> None:
     if not ID_PATTERN.match(rid):
         raise InvalidRequest(
             "Недопустимый идентификатор ресурса: 1–64 символа из латинских букв, цифр, "
