@@ -8,6 +8,7 @@ Every failure becomes an OperationOutcome in `handle_error`, and nowhere else.
 from __future__ import annotations
 
 import logging
+
 from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 from decimal import Decimal
-from functools import lru_cache
+from functools import cache
 
 import pydantic
 from fhir.resources.R4B import get_fhir_model_class
@@ -26,7 +26,7 @@ from gateway.issues import Issue
 FHIR_NS = "http://hl7.org/fhir"
 
 
-@lru_cache(maxsize=None)
+@cache
 def model_class(resource_type: str):
     """The R4B model for a resource type name, or None if fhir.resources has none."""
     try:

@@ -52,7 +52,7 @@ def test_overrides_win_over_the_environment():
     assert settings.max_json_depth == 10
 
 
-@pytest.mark.parametrize("overrides, environ", [
+@pytest.mark.parametrize(("overrides", "environ"), [
     ({"no_such_setting": 1}, {}),
     ({}, {"GATEWAY_AUTO_MIGRATE": "perhaps"}),
 ])

@@ -39,7 +39,8 @@ def accepted(post) -> dict:
 def _outcome(response) -> dict:
     assert response.json["resourceType"] == "OperationOutcome"
     issue = response.json["issue"][0]
-    assert issue["details"]["text"] and issue["diagnostics"]
+    assert issue["details"]["text"]
+    assert issue["diagnostics"]
     return issue
 
 
@@ -114,7 +115,7 @@ def test_the_body_limit_is_configurable(tmp_path, database_url):
     assert response.status_code == 413
 
 
-@pytest.mark.parametrize("field, value, expression", [
+@pytest.mark.parametrize(("field", "value", "expression"), [
     ("active", "yes", "Practitioner.active"),
     ("birthDate", 19850314, "Practitioner.birthDate"),
     ("name", {"family": "Иванова"}, "Practitioner.name"),

@@ -222,7 +222,7 @@ def test_xml_output_validates_against_the_official_schema(client, auth, created,
     fhir_schema.assertValid(document)
 
 
-@pytest.mark.parametrize("fmt, content_type", [
+@pytest.mark.parametrize(("fmt", "content_type"), [
     ("xml", "application/fhir+xml"), ("json", "application/fhir+json"),
     ("application/xml", "application/xml"), ("application/json", "application/json"),
 ])
@@ -260,7 +260,8 @@ def test_a_content_type_we_cannot_read_is_415(client, auth, practitioner):
 def test_errors_come_in_the_requested_format(client, auth):
     response = client.get("/fhir/Practitioner/none", headers={**auth, "Accept": "application/xml"})
     assert response.status_code == 404
-    assert b"OperationOutcome" in response.data and response.data.lstrip().startswith(b"<?xml")
+    assert b"OperationOutcome" in response.data
+    assert response.data.lstrip().startswith(b"<?xml")
 
 
 # --- capability, health, authentication -----------------------------------------------

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from flask import g, request
 
-from gateway.services import services
 from gateway.errors import Unauthorized
+from gateway.services import services
 from gateway.store.clients import client_for_token
 
 PUBLIC_ENDPOINTS = {"health.healthz", "fhir.metadata", "static"}

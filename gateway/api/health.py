@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from gateway.services import services
 from gateway.errors import Unavailable
+from gateway.services import services
 
 blueprint = Blueprint("health", __name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import calendar
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from gateway.registry import RESOURCE_TYPES, SearchParam
 
@@ -157,7 +157,7 @@ def date_range(text: str) -> tuple[datetime, datetime] | None:
         sign = 1 if zone[0] == "+" else -1
         offset = timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
         start = (start - sign * offset)
-    start = start.replace(tzinfo=timezone.utc).replace(tzinfo=None)
+    start = start.replace(tzinfo=UTC).replace(tzinfo=None)
     end = start + (timedelta(seconds=1) if second is not None else timedelta(minutes=1)) \
         - timedelta(microseconds=1)
     if fraction:

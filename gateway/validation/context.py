@@ -6,7 +6,7 @@ so tests can fix "today" and the loaded books.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 from gateway.validation.terminology import Terminology
 
@@ -14,6 +14,6 @@ from gateway.validation.terminology import Terminology
 @dataclass(frozen=True)
 class ValidationContext:
     terminology: Terminology
-    today: date = field(default_factory=lambda: datetime.now(timezone.utc).date())
+    today: date = field(default_factory=lambda: datetime.now(UTC).date())
     max_attachment_bytes: int = 5 * 1024 * 1024
     oms_check_digit: bool = False
