@@ -62,6 +62,9 @@ def serve(host: str, port: int, workers: int | None, threads: int | None) -> Non
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("timeout", 120)
             self.cfg.set("accesslog", "-")
+            # The path only: query strings can carry СНИЛС (?identifier=...), never logged.
+            self.cfg.set("access_log_format",
+                         '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms')
 
         def load(self):
             return create_app({"auto_migrate": False})

@@ -108,19 +108,18 @@ class Resources:
                 entry.id = found or str(uuid.uuid4())
             if entry.full_url and entry.id:
                 ids[entry.full_url] = f"{entry.type}/{entry.id}"
-        results = []
-        for entry in sorted(entries, key=lambda e: _ORDER[e.method]):
-            resource = _rewrite_references(entry.resource, ids)
-            if entry.index in matched:
-                result = matched[entry.index]
-            elif entry.method == "POST":
-                result = self.store.create(conn, resource, rid=entry.id)
-            elif entry.method == "PUT":
-                result = self.store.update(conn, resource, entry.id, entry.if_match)
-            else:
-                result = self.store.delete(conn, entry.type, entry.id) or _nothing(entry)
-            results.append((entry.index, result))
-        return [r for _, r in sorted(results, key=lambda pair: pair[0])]
+        results: dict[int, WriteResult] = dict(matched)
+        for entry in entries:
+            entry.resource = _rewrite_references(entry.resource, ids)
+        for entry in (e for e in entries if e.method == "DELETE"):
+            results[entry.index] = self.store.delete(conn, entry.type, entry.id) or _nothing(entry)
+        creates = [e for e in entries if e.method == "POST" and e.index not in matched]
+        created = self.store.create_many(conn, [(e.resource, e.id) for e in creates])
+        results.update((e.index, r) for e, r in zip(creates, created, strict=True))
+        for entry in (e for e in entries if e.method == "PUT"):
+            results[entry.index] = self.store.update(conn, entry.resource, entry.id,
+                                                     entry.if_match)
+        return [results[i] for i in sorted(results)]
 
     def batch(self, bundle: dict, base: str) -> dict:
         responses = []
@@ -185,7 +184,7 @@ def _normalised_identifier(system: str | None, code: str) -> tuple[str | None, s
 
 # --- Bundle helpers -------------------------------------------------------------------
 
-_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2}
+_METHODS = ("DELETE", "POST", "PUT")      # the order a transaction applies them in
 _REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request",
             404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 410: "Gone",
             412: "Precondition Failed", 422: "Unprocessable Entity"}
@@ -208,7 +207,7 @@ def _entry(raw: dict, index: int) -> _Entry:
     request = raw.get("request") or {}
     method = str(request.get("method", "")).upper()
     url = str(request.get("url", "")).split("?")[0].strip("/")
-    if method not in _ORDER:
+    if method not in _METHODS:
         raise InvalidRequest(f"{where}: метод {method or '(не указан)'} не поддерживается "
                              "(POST, PUT, DELETE).",
                              f"{where}: unsupported request.method {method!r}.",

@@ -308,3 +308,27 @@ def test_tokens_are_stored_only_as_hashes(app, token):
     with app.extensions["gateway"].engine.connect() as conn:
         stored = [tuple(row) for row in conn.execute(select(clients))]
     assert token not in repr(stored)
+
+
+VALID_FIXTURES = sorted(p.name for p in (FIXTURES / "valid").glob("*.json"))
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("name", VALID_FIXTURES)
+def test_every_sample_resource_reads_back_as_schema_valid_xml(client, auth, post, name,
+                                                              fhir_schema):
+    created = post(load_fixture(f"valid/{name}")).json
+    response = client.get(f"/fhir/{created['resourceType']}/{created['id']}?_format=xml",
+                          headers=auth)
+    fhir_schema.assertValid(etree.fromstring(response.data))
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_bundles_and_outcomes_in_xml_are_schema_valid(client, auth, created, fhir_schema):
+    url = f"/fhir/Practitioner/{created['id']}"
+    history = client.get(f"{url}/_history?_format=xml", headers=auth)
+    fhir_schema.assertValid(etree.fromstring(history.data))
+    missing = client.get("/fhir/Practitioner/missing?_format=xml", headers=auth)
+    fhir_schema.assertValid(etree.fromstring(missing.data))
+    metadata = client.get("/fhir/metadata?_format=xml")
+    fhir_schema.assertValid(etree.fromstring(metadata.data))

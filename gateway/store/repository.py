@@ -37,6 +37,8 @@ from gateway.store.schema import INDEX_TABLES, resource_versions, resources, sea
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 RETRIES = 5
+# Columns of each index table after (resource_pk, resource_type, param).
+INDEX_COLUMNS = {kind: [c.name for c in table.columns][3:] for kind, table in INDEX_TABLES.items()}
 
 
 @dataclass(frozen=True)
@@ -244,46 +246,64 @@ class Store:
             last_updated=now, method="DELETE", deleted=True, content=None))
         conn.execute(update(resources).where(resources.c.pk == pk).values(
             version=version + 1, last_updated=now, deleted=True))
-        self._reindex(conn, pk, resource_type, None)
+        self._unindex(conn, pk)
         return WriteResult(Stored(resource_type, rid, version + 1, now, True, None), "deleted")
 
     # --- internals -----------------------------------------------------------------
 
     def _insert_new(self, conn: Connection, resource: dict, rid: str) -> WriteResult:
+        return self.create_many(conn, [(resource, rid)])[0]
+
+    def create_many(self, conn: Connection, items: list[tuple[dict, str]]) -> list[WriteResult]:
+        """Create several new resources with given ids in a handful of statements.
+
+        A transaction Bundle of 1,000 entries costs the same few multi-row INSERTs
+        as one entry, instead of ten statements per resource.
+        """
+        if not items:
+            return []
         now = utcnow()
-        pk = conn.execute(insert(resources).values(
-            resource_type=resource["resourceType"], id=rid, version=1, last_updated=now,
-            deleted=False).returning(resources.c.pk)).scalar_one()
-        return WriteResult(self._write_version(conn, pk, resource, rid, 1, "POST", now),
-                           "created")
+        pks = conn.execute(
+            insert(resources).returning(resources.c.pk, sort_by_parameter_order=True),
+            [{"resource_type": r["resourceType"], "id": rid, "version": 1, "last_updated": now,
+              "deleted": False} for r, rid in items]).scalars().all()
+        contents = [_with_meta(resource, rid, 1, now) for resource, rid in items]
+        conn.execute(insert(resource_versions), [
+            {"resource_pk": pk, "resource_type": c["resourceType"], "id": c["id"], "version": 1,
+             "last_updated": now, "method": "POST", "deleted": False, "content": _dump(c)}
+            for pk, c in zip(pks, contents, strict=True)])
+        self._index(conn, list(zip(pks, contents, strict=True)))
+        return [WriteResult(Stored(c["resourceType"], c["id"], 1, now, False, c), "created")
+                for c in contents]
 
     def _write_version(self, conn: Connection, pk: int, resource: dict, rid: str,
-                       version: int, method: str, now: datetime | None = None) -> Stored:
-        now = now or utcnow()
+                       version: int, method: str) -> Stored:
+        """A new version (> 1) of an existing resource."""
+        now = utcnow()
         content = _with_meta(resource, rid, version, now)
         conn.execute(insert(resource_versions).values(
             resource_pk=pk, resource_type=content["resourceType"], id=rid, version=version,
-            last_updated=now, method=method, deleted=False,
-            content=json.dumps(content, ensure_ascii=False, separators=(",", ":"))))
-        if version > 1:
-            conn.execute(update(resources).where(resources.c.pk == pk).values(
-                version=version, last_updated=now, deleted=False))
-        self._reindex(conn, pk, content["resourceType"], content)
+            last_updated=now, method=method, deleted=False, content=_dump(content)))
+        conn.execute(update(resources).where(resources.c.pk == pk).values(
+            version=version, last_updated=now, deleted=False))
+        self._unindex(conn, pk)
+        self._index(conn, [(pk, content)])
         return Stored(content["resourceType"], rid, version, now, False, content)
 
-    def _reindex(self, conn: Connection, pk: int, resource_type: str,
-                 content: dict | None) -> None:
+    @staticmethod
+    def _unindex(conn: Connection, pk: int) -> None:
         for table in INDEX_TABLES.values():
             conn.execute(delete(table).where(table.c.resource_pk == pk))
-        if content is None:
-            return
+
+    @staticmethod
+    def _index(conn: Connection, written: list[tuple[int, dict]]) -> None:
+        """Insert the search-index rows of freshly written versions, one INSERT per table."""
         by_kind: dict[str, list[dict]] = {}
-        for kind, param, values in indexing.extract(content):
-            table = INDEX_TABLES[kind]
-            columns = [c.name for c in table.columns][3:]
-            by_kind.setdefault(kind, []).append(
-                {"resource_pk": pk, "resource_type": resource_type, "param": param,
-                 **dict(zip(columns, values, strict=True))})
+        for pk, content in written:
+            for kind, param, values in indexing.extract(content):
+                by_kind.setdefault(kind, []).append(
+                    {"resource_pk": pk, "resource_type": content["resourceType"],
+                     "param": param, **dict(zip(INDEX_COLUMNS[kind], values, strict=True))})
         for kind, rows in by_kind.items():
             conn.execute(insert(INDEX_TABLES[kind]), rows)
 
@@ -341,6 +361,10 @@ def _without_server_meta(resource: dict | None) -> dict:
 
 def _same_content(stored: dict | None, incoming: dict) -> bool:
     return _without_server_meta(stored) == _without_server_meta(incoming)
+
+
+def _dump(content: dict) -> str:
+    return json.dumps(content, ensure_ascii=False, separators=(",", ":"))
 
 
 def _stored(row) -> Stored:
