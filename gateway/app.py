@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 from gateway.api import negotiation
 from gateway.errors import GatewayError
 from gateway.issues import Issue, operation_outcome
+from gateway.mapping import loader as mapping_loader
 from gateway.services import Services, load_terminology
 from gateway.settings import Settings, load_settings
 from gateway.store import database
@@ -35,12 +36,14 @@ def create_app(settings: Settings | dict | None = None) -> Flask:
     engine = database.make_engine(settings.effective_database_url)
     if settings.auto_migrate:
         database.upgrade(engine)
-    app.extensions["gateway"] = Services(settings, engine, Store(engine),
-                                         load_terminology(settings))
+    books = load_terminology(settings)
+    app.extensions["gateway"] = Services(settings, engine, Store(engine), books,
+                                         mapping_loader.load_all(books))
 
-    from gateway.api import auth, fhir_rest, health
+    from gateway.api import auth, fhir_rest, health, intake
     app.register_blueprint(health.blueprint)
     app.register_blueprint(fhir_rest.blueprint, url_prefix="/fhir")
+    app.register_blueprint(intake.blueprint, url_prefix="/api/v1")
     app.before_request(auth.require_token)
     app.register_error_handler(Exception, handle_error)
     return app

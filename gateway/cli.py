@@ -176,3 +176,89 @@ def nsi_load(path: Path) -> None:
             continue
         terminology.save_book(book, settings.data_path / "nsi")
         click.echo(f"{book.oid} «{book.title}» v{book.version}: {len(book.codes)} codes loaded.")
+
+
+# --- mappings and import ----------------------------------------------------------------
+
+@main.group()
+def mappings() -> None:
+    """Mapping files (mappings/*.yaml)."""
+
+
+@mappings.command("check")
+def mappings_check() -> None:
+    """Check every mapping file; a problem is reported with its file and line."""
+    from gateway.mapping.loader import MappingError, load_all
+    from gateway.services import load_terminology
+    try:
+        found = load_all(load_terminology(load_settings()))
+    except MappingError as error:
+        raise click.ClickException(str(error)) from None
+    for mapping in found.values():
+        click.echo(f"{mapping.name}: {mapping.path.name}, {mapping.format}, "
+                   f"{len(mapping.resources)} resource kinds — ok")
+
+
+@main.command("import")
+@click.option("--mapping", "mapping_name", required=True, help="e.g. frmr-person-csv")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the per-row error report (default: next to FILE).")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def import_file(mapping_name: str, report: Path | None, file: Path) -> None:
+    """Import a CSV staff list or a JSON file of records through a mapping.
+
+    Shows progress, ends with a summary, and writes every refused row's problems
+    (row, column, message) to a CSV report. Re-running the same file changes nothing.
+    """
+    import csv
+
+    from gateway import fhir, intake
+    from gateway.app import create_app
+    from gateway.errors import GatewayError
+    from gateway.mapping import csv_records
+
+    gateway = create_app().extensions["gateway"]
+    mapping = gateway.mappings.get(mapping_name)
+    if mapping is None:
+        raise click.ClickException(f"no mapping {mapping_name!r}; known: "
+                                   f"{', '.join(gateway.mappings)}")
+    try:
+        if mapping.format == "csv":
+            records = csv_records.read_records(file.read_bytes(), mapping)
+        else:
+            data = fhir.parse_json_value(file.read_bytes(), gateway.settings.max_json_depth)
+            records = data if isinstance(data, list) else [data]
+    except GatewayError as error:
+        raise click.ClickException(error.issues[0].text_ru) from None
+    results = []
+    with click.progressbar(records, label=f"Importing {file.name}", show_pos=True) as bar:
+        for index, record in enumerate(bar):
+            results.append(intake.ingest_one(mapping, record, index, gateway.resources,
+                                             gateway.books))
+    report = report or file.with_name(file.stem + ".errors.csv")
+    rows = _report_rows(mapping, results)
+    with open(report, "w", newline="", encoding="utf-8-sig") as fh:
+        writer = csv.writer(fh, delimiter=";")
+        writer.writerow(["Строка", "Столбец", "Сообщение", "Diagnostics"])
+        writer.writerows(rows)
+    accepted = sum(r.status == "accepted" for r in results)
+    unchanged = sum(r.unchanged for r in results)
+    click.echo(f"Rows read: {len(results)}, accepted: {accepted} (unchanged: {unchanged}), "
+               f"rejected: {len(results) - accepted}.")
+    click.echo(f"Error report: {report} ({len(rows)} problems).")
+
+
+def _report_rows(mapping, results) -> list[list[str]]:
+    """(row, column, message) per problem; row 1 is the first data row after the header."""
+    from gateway.mapping import csv_records
+    rows = []
+    for result in results:
+        for issue in result.issues:
+            if issue.severity not in ("error", "fatal"):
+                continue
+            location = issue.locations[-1] if issue.locations else (issue.expression or "")
+            column = csv_records.column_of(mapping, location) if mapping.csv_columns \
+                else location
+            rows.append([str(result.index + 1), column or location, issue.text_ru,
+                         issue.diagnostics])
+    return rows

@@ -40,6 +40,15 @@ def model_class(resource_type: str):
 
 def parse_json(body: bytes, max_depth: int) -> dict:
     """A JSON object from a request body, or MalformedBody saying what is wrong."""
+    value = parse_json_value(body, max_depth)
+    if not isinstance(value, dict):
+        raise MalformedBody("Ожидался JSON-объект ресурса FHIR.",
+                            "Expected a JSON object holding a FHIR resource.")
+    return value
+
+
+def parse_json_value(body: bytes, max_depth: int):
+    """Any JSON value, refusing bad encodings, syntax and deep nesting with a clear message."""
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -51,15 +60,11 @@ def parse_json(body: bytes, max_depth: int) -> dict:
             f"Слишком глубокая вложенность JSON ({depth} уровней, допустимо {max_depth}).",
             f"JSON nesting too deep: {depth} levels, limit {max_depth}.")
     try:
-        value = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise MalformedBody(
             f"Некорректный JSON: строка {exc.lineno}, позиция {exc.colno}: {exc.msg}.",
             f"Malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
-    if not isinstance(value, dict):
-        raise MalformedBody("Ожидался JSON-объект ресурса FHIR.",
-                            "Expected a JSON object holding a FHIR resource.")
-    return value
 
 
 def _nesting_depth(text: str) -> int:

@@ -90,11 +90,15 @@ class Resources:
                 issues += found
         if has_errors(issues):
             raise ValidationFailed(issues)
-        results = self.store.run_write(lambda conn: self._run_transaction(conn, entries))
+        results = self.store_checked(entries)
         return _response_bundle("transaction-response",
                                 [_entry_response(r, base) for r in results])
 
-    def _run_transaction(self, conn: Connection, entries: list[_Entry]) -> list[WriteResult]:
+    def store_checked(self, entries: list[Entry]) -> list[WriteResult]:
+        """Write already validated entries as one transaction; results in entry order."""
+        return self.store.run_write(lambda conn: self._run_transaction(conn, entries))
+
+    def _run_transaction(self, conn: Connection, entries: list[Entry]) -> list[WriteResult]:
         entries = [copy.copy(e) for e in entries]
         ids: dict[str, str] = {}
         matched: dict[int, WriteResult] = {}
@@ -106,6 +110,9 @@ class Resources:
                     matched[entry.index] = WriteResult(
                         self.store.read_in(conn, entry.type, found), "matched")
                 entry.id = found or str(uuid.uuid4())
+            elif entry.method == "PUT" and entry.condition:
+                entry.id = self.store.match(conn, entry.type, parse_condition(entry.condition)) \
+                    or entry.resource.get("id") or str(uuid.uuid4())
             if entry.full_url and entry.id:
                 ids[entry.full_url] = f"{entry.type}/{entry.id}"
         results: dict[int, WriteResult] = dict(matched)
@@ -135,7 +142,7 @@ class Resources:
                          for issue in error.issues])}})
         return _response_bundle("batch-response", responses)
 
-    def _run_one(self, entry: _Entry) -> WriteResult:
+    def _run_one(self, entry: Entry) -> WriteResult:
         if entry.method == "POST":
             return self.create(entry.resource, entry.type, entry.if_none_exist)
         if entry.method == "PUT":
@@ -191,22 +198,27 @@ _REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request",
 
 
 @dataclass
-class _Entry:
+class Entry:
+    """One request of a Bundle: POST (maybe If-None-Exist), PUT (by id or by condition)
+    or DELETE."""
+
     index: int
     method: str
     type: str
     id: str | None
     resource: dict | None
     full_url: str | None
-    if_none_exist: str | None
-    if_match: int | None
+    if_none_exist: str | None = None
+    if_match: int | None = None
+    condition: str | None = None         # PUT Type?identifier=system|value
 
 
-def _entry(raw: dict, index: int) -> _Entry:
+def _entry(raw: dict, index: int) -> Entry:
     where = f"Bundle.entry[{index}]"
     request = raw.get("request") or {}
     method = str(request.get("method", "")).upper()
-    url = str(request.get("url", "")).split("?")[0].strip("/")
+    url, _, query = str(request.get("url", "")).partition("?")
+    url = url.strip("/")
     if method not in _METHODS:
         raise InvalidRequest(f"{where}: метод {method or '(не указан)'} не поддерживается "
                              "(POST, PUT, DELETE).",
@@ -219,7 +231,7 @@ def _entry(raw: dict, index: int) -> _Entry:
         raise InvalidRequest(f"{where}: неизвестный тип ресурса в request.url.",
                              f"{where}: unknown resource type in request.url {url!r}.",
                              expression=f"{where}.request.url")
-    if method in ("PUT", "DELETE") and not rid:
+    if not rid and (method == "DELETE" or (method == "PUT" and not query)):
         raise InvalidRequest(f"{where}: для {method} в request.url нужен id ресурса.",
                              f"{where}: {method} needs Type/id in request.url.",
                              expression=f"{where}.request.url")
@@ -227,9 +239,9 @@ def _entry(raw: dict, index: int) -> _Entry:
         raise InvalidRequest(f"{where}: нет ресурса для {method}.",
                              f"{where}: {method} needs a resource.",
                              expression=f"{where}.resource")
-    return _Entry(index, method, rtype, rid, resource if method != "DELETE" else None,
-                  raw.get("fullUrl"), request.get("ifNoneExist"),
-                  _etag_version(request.get("ifMatch")))
+    return Entry(index, method, rtype, rid, resource if method != "DELETE" else None,
+                 raw.get("fullUrl"), request.get("ifNoneExist"),
+                 _etag_version(request.get("ifMatch")), query or None)
 
 
 def _etag_version(etag: str | None) -> int | None:
@@ -262,7 +274,7 @@ def _prefixed(issue: Issue, prefix: str | None, resource_type: str | None) -> Is
     return issue.at(f"{prefix}.{expression}" if expression else prefix)
 
 
-def _nothing(entry: _Entry) -> WriteResult:
+def _nothing(entry: Entry) -> WriteResult:
     return WriteResult(Stored(entry.type, entry.id or "", 0, None, True, None), "absent")
 
 

@@ -11,6 +11,7 @@ from functools import cached_property
 from flask import current_app
 from sqlalchemy.engine import Engine
 
+from gateway.mapping.loader import Mapping
 from gateway.resources import Resources
 from gateway.settings import Settings
 from gateway.store.repository import Store
@@ -24,6 +25,7 @@ class Services:
     engine: Engine
     store: Store
     books: terminology.Terminology
+    mappings: dict[str, Mapping]
 
     def validation_context(self) -> ValidationContext:
         return ValidationContext(self.books,
