@@ -19,6 +19,7 @@ from gateway.validation.terminology import Terminology
 
 MAPPINGS_DIR = Path(__file__).resolve().parents[2] / "mappings"
 LINE = "__line__"
+KEY_LINES = "__key_lines__"
 
 
 class MappingError(ValueError):
@@ -65,6 +66,8 @@ class _LineLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         mapping = super().construct_mapping(node, deep=deep)
         mapping[LINE] = node.start_mark.line + 1
+        mapping[KEY_LINES] = {key.value: key.start_mark.line + 1 for key, _ in node.value
+                              if isinstance(key, yaml.ScalarNode)}
         return mapping
 
 
@@ -85,7 +88,7 @@ def load_mapping(path: Path, books: Terminology) -> Mapping:
     resources = tuple(_resource(r, where, books) for r in _required(data, "resources", list,
                                                                     where))
     _check_references(resources, where)
-    columns = {k: v for k, v in (data.get("csv") or {}).get("columns", {}).items() if k != LINE}
+    columns = _plain((data.get("csv") or {}).get("columns", {}))
     if fmt == "csv" and not columns:
         raise where.error(data, "a csv mapping needs csv.columns (header → field)")
     return Mapping(name, path, fmt, resources, data.get("description", ""),
@@ -105,17 +108,25 @@ def load_all(books: Terminology, directory: Path = MAPPINGS_DIR) -> dict[str, Ma
 
 # --- parts ---------------------------------------------------------------------------
 
+def _plain(node: dict) -> dict:
+    """A mapping without the line bookkeeping of the loader."""
+    return {k: v for k, v in node.items() if k not in (LINE, KEY_LINES)}
+
+
 @dataclass(frozen=True)
 class _Where:
     path: Path
 
-    def error(self, node, message: str) -> MappingError:
-        line = node.get(LINE, "?") if isinstance(node, dict) else "?"
+    def error(self, node, message: str, key: str | None = None) -> MappingError:
+        """The error at the line of `key` in `node` (or of the node itself)."""
+        line = "?"
+        if isinstance(node, dict):
+            line = node.get(KEY_LINES, {}).get(key, node.get(LINE, "?"))
         return MappingError(f"{self.path}:{line}: {message}")
 
 
 def _only(node: dict, allowed: set[str], where: _Where) -> None:
-    unknown = set(node) - allowed - {LINE}
+    unknown = set(node) - allowed - {LINE, KEY_LINES}
     if unknown:
         raise where.error(node, f"unknown key(s) {', '.join(sorted(unknown))}; "
                                 f"allowed: {', '.join(sorted(allowed))}")
@@ -135,7 +146,8 @@ def _resource(node, where: _Where, books: Terminology) -> ResourceMap:
     rtype = _required(node, "type", str, where)
     spec = RESOURCE_TYPES.get(rtype)
     if spec is None or "create" not in spec.interactions:
-        raise where.error(node, f"resource type {rtype!r} cannot be written by the gateway")
+        raise where.error(node, f"resource type {rtype!r} cannot be written by the gateway",
+                          "type")
     key = node.get("key")
     if key not in (None, "identifier"):
         raise where.error(node, "key must be 'identifier' (or left out)")
@@ -158,24 +170,24 @@ def _element(node, rtype: str, where: _Where, books: Terminology) -> Element:
                                 "then")
     problem = _target_problem(rtype, target)
     if problem:
-        raise where.error(node, f"target {target!r}: {problem}")
+        raise where.error(node, f"target {target!r}: {problem}", "target")
     steps = []
     for step in node.get("transform") or []:
         if isinstance(step, dict):
-            step = {k: v for k, v in step.items() if k != LINE}
+            step = _plain(step)
         try:
             name, argument = transforms.parse_step(step)
         except ValueError as exc:
-            raise where.error(node, str(exc)) from None
+            raise where.error(node, str(exc), "transform") from None
         if isinstance(argument, dict):
-            argument = {k: v for k, v in argument.items() if k != LINE}
+            argument = _plain(argument)
         problem = transforms.check_argument(name, argument, books)
         if problem:
-            raise where.error(node, problem)
+            raise where.error(node, problem, "transform")
         steps.append((name, argument))
     source = node.get("source")
     sources = tuple(source) if isinstance(source, list) else ((source,) if source else ())
-    when = {k: v for k, v in node["when"].items() if k != LINE} if node.get("when") else None
+    when = _plain(node["when"]) if node.get("when") else None
     if when is not None and not (len(when) == 1 and set(when) <= {"present", "absent",
                                                                     "equals"}):
         raise where.error(node, "when takes one of present, absent, equals")
