@@ -58,9 +58,12 @@ def ingest_one(mapping: Mapping, record, index: int, resources: Resources,
     mapped = engine.apply(mapping, record, books)
     issues = list(mapped.issues)
     entries = []
+    failed = [issue.expression for issue in mapped.issues if issue.expression]
     for position, item in enumerate(mapped.resources):
         checked, found = resources.check(item.resource, item.type)
-        issues += [_with_source(issue, item) for issue in found]
+        # An element whose mapping failed is missing: that is one problem, not two.
+        issues += [_with_source(issue, item) for issue in found
+                   if not (issue.code == "required" and _under(failed, issue.expression))]
         entries.append(_entry(position, item, checked))
     if has_errors(issues):
         return RecordResult(index, "rejected", issues=_unique(issues))
@@ -81,6 +84,11 @@ def _entry(position: int, item: engine.MappedResource, resource: dict) -> Entry:
         return Entry(position, "PUT", item.type, None, resource, item.full_url,
                      condition=condition)
     return Entry(position, "POST", item.type, None, resource, item.full_url)
+
+
+def _under(expressions: list[str], parent: str | None) -> bool:
+    return parent is not None and any(e == parent or e.startswith(parent + ".")
+                                      or e.startswith(parent + "[") for e in expressions)
 
 
 def _with_source(issue: Issue, item: engine.MappedResource) -> Issue:

@@ -163,7 +163,7 @@ def parse_condition(query: str) -> Condition:
         if name == "_id":
             condition.append(("_id", None, value))
         elif name == "identifier":
-            system, _, code = value.rpartition("|") if "|" in value else (None, "", value)
+            system, _, code = value.partition("|") if "|" in value else (None, "", value)
             condition.append(("identifier", *_normalised_identifier(system, code)))
         else:
             raise InvalidRequest(

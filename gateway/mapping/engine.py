@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from gateway.issues import Issue
 from gateway.mapping import paths
 from gateway.mapping.loader import Element, Mapping, ResourceMap
-from gateway.mapping.transforms import TRANSFORMS, TransformError
+from gateway.mapping.transforms import SUBFIELDS, TRANSFORMS, TransformError
 from gateway.validation.terminology import Terminology
 
 
@@ -130,6 +130,8 @@ def _build(spec: ResourceMap, scope: _Scope, books: Terminology,
             paths.set_path(draft, target, value)
             if location:
                 written.append((paths.steps(target), location))
+                for sub, field_name in _subfields(element):
+                    written.append((paths.steps(f"{target}.{sub}"), f"{location}.{field_name}"))
     resource = paths.compact(draft)
     sources = {paths.render(spec.type, paths.compacted_steps(draft, target_steps)): location
                for target_steps, location in written}
@@ -156,19 +158,34 @@ def _evaluate(element: Element, scope: _Scope, books: Terminology, full_urls: di
         return {"reference": full_urls[element.reference]}, None, None
     if not element.source:
         return element.value, None, None
-    values, locations = zip(*(scope.read(s) for s in element.source), strict=True)
-    if all(_empty(v) for v in values):
+    read = [scope.read(source.path) for source in element.source]
+    if all(_empty(value) for value, _ in read):
         return None
-    value = values[0] if len(values) == 1 else [v for v in values if not _empty(v)]
-    location = locations[0] if len(locations) == 1 else ", ".join(locations)
+    location = ", ".join(loc for value, loc in read if not _empty(value)) \
+        if len(read) > 1 else read[0][1]
     try:
-        for name, argument in element.steps:
-            value = TRANSFORMS[name].run(value, argument, books)
+        parts = [_transformed(value, source.steps, books)
+                 for (value, _), source in zip(read, element.source, strict=True)
+                 if not _empty(value)]
+        value = parts[0] if len(read) == 1 else "|".join(str(part) for part in parts)
+        value = _transformed(value, element.steps, books)
     except TransformError as error:
         return None, location, error
     if _empty(value):
         return None
     return value, location, None
+
+
+def _transformed(value, steps, books: Terminology):
+    for name, argument in steps:
+        value = TRANSFORMS[name].run(value, argument, books)
+    return value
+
+
+def _subfields(element: Element) -> list[tuple[str, str]]:
+    """Fields of an object-valued source that land in the target under other names."""
+    names = {name for name, _ in element.steps}
+    return [pair for name in names for pair in SUBFIELDS.get(name, ())]
 
 
 def _holds(when: dict, scope: _Scope) -> bool:

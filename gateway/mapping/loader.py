@@ -27,10 +27,18 @@ class MappingError(ValueError):
 
 
 @dataclass(frozen=True)
+class Source:
+    """Where a value is read, and the transforms applied to it before sources are joined."""
+
+    path: str
+    steps: tuple[tuple[str, object], ...] = ()
+
+
+@dataclass(frozen=True)
 class Element:
     target: str
     line: int
-    source: tuple[str, ...] = ()
+    source: tuple[Source, ...] = ()
     value: object = None
     reference: str | None = None
     steps: tuple[tuple[str, object], ...] = ()
@@ -171,8 +179,22 @@ def _element(node, rtype: str, where: _Where, books: Terminology) -> Element:
     problem = _target_problem(rtype, target)
     if problem:
         raise where.error(node, f"target {target!r}: {problem}", "target")
+    steps = _steps(node, node.get("transform"), where, books)
+    source = node.get("source")
+    sources = tuple(_source(item, node, where, books)
+                    for item in (source if isinstance(source, list) else [source] if source
+                                 else []))
+    when = _plain(node["when"]) if node.get("when") else None
+    if when is not None and not (len(when) == 1 and set(when) <= {"present", "absent",
+                                                                    "equals"}):
+        raise where.error(node, "when takes one of present, absent, equals")
+    return Element(target, node[LINE], sources, node.get("value"), node.get("reference"),
+                   steps, when, node.get("each"))
+
+
+def _steps(node: dict, raw, where: _Where, books: Terminology) -> tuple:
     steps = []
-    for step in node.get("transform") or []:
+    for step in raw or []:
         if isinstance(step, dict):
             step = _plain(step)
         try:
@@ -185,14 +207,17 @@ def _element(node, rtype: str, where: _Where, books: Terminology) -> Element:
         if problem:
             raise where.error(node, problem, "transform")
         steps.append((name, argument))
-    source = node.get("source")
-    sources = tuple(source) if isinstance(source, list) else ((source,) if source else ())
-    when = _plain(node["when"]) if node.get("when") else None
-    if when is not None and not (len(when) == 1 and set(when) <= {"present", "absent",
-                                                                    "equals"}):
-        raise where.error(node, "when takes one of present, absent, equals")
-    return Element(target, node[LINE], sources, node.get("value"), node.get("reference"),
-                   tuple(steps), when, node.get("each"))
+    return tuple(steps)
+
+
+def _source(item, node: dict, where: _Where, books: Terminology) -> Source:
+    """`field`, or `{source: field, transform: [...]}` inside a list of sources."""
+    if isinstance(item, str):
+        return Source(item)
+    if isinstance(item, dict) and isinstance(item.get("source"), str):
+        _only(item, {"source", "transform"}, where)
+        return Source(item["source"], _steps(item, item.get("transform"), where, books))
+    raise where.error(node, "a source is a path or {source: path, transform: [...]}", "source")
 
 
 def _target_problem(rtype: str, target: str) -> str | None:

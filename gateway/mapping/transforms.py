@@ -146,9 +146,7 @@ def _nsi(value, oid: str, books: Terminology):
 
 
 def _identifier(value, system: str, _books):
-    joiner = " " if system == systems.PASSPORT else "|"
-    text = joiner.join(_text(v) for v in value) if isinstance(value, list) else _text(value)
-    return {"system": system, "value": text.strip()}
+    return {"system": system, "value": _text(value).strip()}
 
 
 def _reference(value, resource_type: str, _books):
@@ -191,6 +189,12 @@ TRANSFORMS: dict[str, Transform] = {
     "snils-reference": Transform(_snils_reference, None),
     "attachment": Transform(_attachment, None),
 }
+
+
+# Target field ← source field, for transforms that turn an object into another object,
+# so an error on Attachment.contentType points at the vendor's contentType.
+SUBFIELDS = {"attachment": (("title", "fileName"), ("contentType", "contentType"),
+                            ("data", "data"))}
 
 
 def parse_step(step) -> tuple[str, object]:
