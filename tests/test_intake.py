@@ -50,7 +50,7 @@ def ingest(client, token):
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-@pytest.mark.parametrize("mapping, name", VALID)
+@pytest.mark.parametrize(("mapping", "name"), VALID)
 def test_valid_records_are_accepted(ingest, mapping, name):
     response = ingest(mapping, _load(mapping, name))
     assert response.status_code == 200, response.json
@@ -60,7 +60,7 @@ def test_valid_records_are_accepted(ingest, mapping, name):
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-@pytest.mark.parametrize("mapping, name", INVALID)
+@pytest.mark.parametrize(("mapping", "name"), INVALID)
 def test_invalid_records_are_refused_naming_the_vendor_field(ingest, app, mapping, name):
     case = _load(mapping, name)
     response = ingest(mapping, _materialise(case["record"]))
@@ -81,7 +81,8 @@ def test_an_error_names_both_the_fhir_element_and_the_source_field(ingest):
     issue = ingest("frmr-person", case["record"]).json["records"][0]["outcome"]["issue"][0]
     assert issue["expression"][0].startswith("PractitionerRole.code[0].coding[0]")
     assert issue["location"][-1].startswith("$.cards[")
-    assert issue["details"]["text"] and issue["diagnostics"]
+    assert issue["details"]["text"]
+    assert issue["diagnostics"]
 
 
 def test_an_array_keeps_the_valid_records_and_refuses_the_bad(ingest, app):

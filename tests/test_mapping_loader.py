@@ -47,7 +47,7 @@ def test_a_good_mapping_loads(tmp_path):
         "identifier", "urn:oid:1.2.643.2.69.1.1.1.6.223")
 
 
-@pytest.mark.parametrize("change, message, line", [
+@pytest.mark.parametrize(("change", "message", "line"), [
     ("transform: [trim]", "unknown transform 'shout'", 12),
     ("target: name[0].family", "has no such element", 10),
     ("        transform: [trim]", "НСИ book 1.2.3.4 is not loaded", 12),
