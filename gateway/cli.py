@@ -210,14 +210,22 @@ def import_file(mapping_name: str, report: Path | None, file: Path) -> None:
     Shows progress, ends with a summary, and writes every refused row's problems
     (row, column, message) to a CSV report. Re-running the same file changes nothing.
     """
+    from gateway.app import create_app
+
+    gateway = create_app().extensions["gateway"]
+    try:
+        _import_records(gateway, mapping_name, report, file)
+    finally:
+        gateway.engine.dispose()
+
+
+def _import_records(gateway, mapping_name: str, report: Path | None, file: Path) -> None:
     import csv
 
     from gateway import fhir, intake
-    from gateway.app import create_app
     from gateway.errors import GatewayError
     from gateway.mapping import csv_records
 
-    gateway = create_app().extensions["gateway"]
     mapping = gateway.mappings.get(mapping_name)
     if mapping is None:
         raise click.ClickException(f"no mapping {mapping_name!r}; known: "
