@@ -187,3 +187,25 @@ def test_csv_import_cli_reports_rows_columns_and_changes_nothing_on_rerun(tmp_pa
     again = runner.invoke(main, ["import", "--mapping", "frmr-person-csv", str(source),
                                  "--report", str(tmp_path / "second.csv")])
     assert "accepted: 3 (unchanged: 3)" in again.output
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(("change", "location"), [
+    ({"cards": "109"}, "$.cards"),
+    ({"certs": {"specId": 27}}, "$.certs"),
+    ({"birthDate": ["1987-05-21"]}, "$.birthDate"),
+    ({"lastName": {"text": "Смирнова"}}, "$.lastName"),
+])
+def test_wrong_types_in_a_vendor_record_are_refused_not_dropped(ingest, change, location):
+    record = {**_load("frmr-person", "valid-full.json"), **change}
+    result = ingest("frmr-person", record).json["records"][0]
+    assert result["status"] == "rejected"
+    locations = [loc for i in result["outcome"]["issue"] for loc in i.get("location", [])]
+    assert location in locations
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_record_that_is_not_an_object_is_refused_alone(ingest):
+    good = _load("frmr-person", "valid-full.json")
+    response = ingest("frmr-person", ["just text", good])
+    assert [r["status"] for r in response.json["records"]] == ["rejected", "accepted"]

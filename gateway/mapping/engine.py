@@ -75,7 +75,9 @@ def apply(mapping: Mapping, record: dict, books: Terminology) -> MappedRecord:
                  if r.each is None}
     mapped: list[MappedResource] = []
     for spec in mapping.resources:
-        for scope in _scopes(root, spec.each):
+        scopes, problem = _scopes(root, spec.each)
+        issues += problem
+        for scope in scopes:
             resource, found = _build(spec, scope, books, full_urls)
             mapped.append(resource)
             issues += found
@@ -102,13 +104,21 @@ def _record_rules(mapping: Mapping, record: dict) -> list[Issue]:
     return issues
 
 
-def _scopes(root: _Scope, each: str | None) -> list[_Scope]:
+def _scopes(root: _Scope, each: str | None) -> tuple[list[_Scope], list[Issue]]:
+    """One scope per item of the `each` array; a non-array there is a problem, not nothing."""
     if each is None:
-        return [root]
+        return [root], []
     items, location = root.read(each)
+    if items is None:
+        return [], []
     if not isinstance(items, list):
-        return []
-    return [_Scope(root.root, item, f"{location}[{i}]") for i, item in enumerate(items)]
+        return [], [_not_an_array(location)]
+    return [_Scope(root.root, item, f"{location}[{i}]") for i, item in enumerate(items)], []
+
+
+def _not_an_array(location: str) -> Issue:
+    return Issue("structure", "Поле должно быть массивом (списком в квадратных скобках).",
+                 f"{location} must be a JSON array.", locations=(location,))
 
 
 def _build(spec: ResourceMap, scope: _Scope, books: Terminology,
@@ -117,7 +127,9 @@ def _build(spec: ResourceMap, scope: _Scope, books: Terminology,
     written: list[tuple[list, str]] = []               # (target steps, source location)
     issues: list[Issue] = []
     for element in spec.elements:
-        for target, element_scope in _element_scopes(element, scope):
+        targets, problem = _element_scopes(element, scope)
+        issues += problem
+        for target, element_scope in targets:
             outcome = _evaluate(element, element_scope, books, full_urls)
             if outcome is None:
                 continue
@@ -142,12 +154,14 @@ def _build(spec: ResourceMap, scope: _Scope, books: Terminology,
 
 def _element_scopes(element: Element, scope: _Scope):
     if element.each is None:
-        return [(element.target, scope)]
+        return [(element.target, scope)], []
     items, location = scope.read(element.each)
+    if items is None:
+        return [], []
     if not isinstance(items, list):
-        return []
+        return [], [_not_an_array(location)]
     return [(element.target.replace("[*]", f"[{i}]"),
-             _Scope(scope.root, item, f"{location}[{i}]")) for i, item in enumerate(items)]
+             _Scope(scope.root, item, f"{location}[{i}]")) for i, item in enumerate(items)], []
 
 
 def _evaluate(element: Element, scope: _Scope, books: Terminology, full_urls: dict):
