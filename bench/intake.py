@@ -341,8 +341,8 @@ class Server:
         for line in self.proc.stdout:
             line = line.rstrip("\n")
             if previous.startswith("No API clients yet"):
-                self.token = line.strip()
-            if '"' not in line or " HTTP/1." not in line:     # skip access-log lines
+                self.token = line.strip()                  # kept out of the printed log
+            elif '"' not in line or " HTTP/1." not in line:   # skip access-log lines
                 self.log.append(line)
             previous = line
 

@@ -6,12 +6,14 @@ current item). Target paths: `name[0].given[1]`, `code[0].coding[0]`.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 _STEP = re.compile(r"^([A-Za-z_][\w-]*)?((?:\[\d+\])*)$")
 
 
-def steps(path: str) -> list[str | int]:
-    """`a.b[0].c` → ['a', 'b', 0, 'c']."""
+@lru_cache(maxsize=8192)
+def steps(path: str) -> tuple[str | int, ...]:
+    """`a.b[0].c` → ('a', 'b', 0, 'c'); cached, since mappings repeat the same few paths."""
     out: list[str | int] = []
     for part in path.split("."):
         match = _STEP.match(part)
@@ -20,17 +22,17 @@ def steps(path: str) -> list[str | int]:
         if match[1]:
             out.append(match[1])
         out.extend(int(i) for i in re.findall(r"\[(\d+)\]", match[2]))
-    return out
+    return tuple(out)
 
 
-def render(base: str, path_steps: list[str | int]) -> str:
+def render(base: str, path_steps) -> str:
     text = base
     for step in path_steps:
         text += f"[{step}]" if isinstance(step, int) else f".{step}"
     return text
 
 
-def get(node, path_steps: list[str | int]):
+def get(node, path_steps):
     for step in path_steps:
         if isinstance(step, int):
             if not isinstance(node, list) or step >= len(node):
@@ -85,7 +87,7 @@ def compact(node):
     return node
 
 
-def compacted_steps(original, path_steps: list[str | int]) -> list[str | int]:
+def compacted_steps(original, path_steps) -> list[str | int]:
     """Where `path_steps` of the sparse `original` lands after `compact(original)`."""
     out: list[str | int] = []
     node = original

@@ -156,20 +156,23 @@ class Store:
 
     def find_ids(self, conn: Connection, resource_type: str,
                  condition: list[tuple[str, str | None, str]]) -> list[str]:
-        """Ids of live resources matching every (param, system, code) token condition."""
+        """Ids of live resources matching every (param, system, code) token condition.
+
+        The query starts from the token index (its (type, param, code, system) index),
+        so finding one СНИЛС costs the same among a thousand or a million resources.
+        """
         query = select(resources.c.id).where(resources.c.resource_type == resource_type,
                                              resources.c.deleted.is_(False))
-        for param, system, code in condition:
+        for number, (param, system, code) in enumerate(condition):
             if param == "_id":
                 query = query.where(resources.c.id == code)
                 continue
-            token = select(search_token.c.resource_pk).where(
-                search_token.c.resource_type == resource_type,
-                search_token.c.param == param, search_token.c.code == code)
-            if system is not None:
-                token = token.where(search_token.c.system == system)
-            query = query.where(resources.c.pk.in_(token))
-        return list(conn.execute(query.limit(2)).scalars())
+            token = search_token.alias(f"t{number}")
+            query = query.join(token, and_(
+                token.c.resource_pk == resources.c.pk, token.c.resource_type == resource_type,
+                token.c.param == param, token.c.code == code,
+                *([token.c.system == system] if system is not None else [])))
+        return list(dict.fromkeys(conn.execute(query.limit(2)).scalars()))
 
     # --- writes --------------------------------------------------------------------
 
