@@ -30,22 +30,17 @@ import copy
 import json
 import os
 import platform
-import shutil
-import socket
 import sqlite3
 import subprocess
-import sys
-import tempfile
-import threading
 import time
 import uuid
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
 import requests
+from live_server import Server, timed
 from sqlalchemy.engine import make_url
 
 from gateway import fhir
@@ -154,127 +149,6 @@ def time_gateway_validation(resources: list[dict], ctx: ValidationContext,
 
 # --- the server ----------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def gateway_command() -> str:
-    beside = Path(sys.executable).with_name("gateway")
-    found = str(beside) if beside.exists() else shutil.which("gateway")
-    if not found:
-        raise SystemExit("The `gateway` command is not installed (pip install -e .).")
-    return found
-
-
-def process_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU of a process and its direct children (Linux /proc), or None."""
-    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    total = 0
-    try:
-        stats = list(Path("/proc").glob("[0-9]*/stat"))
-    except OSError:
-        return None
-    for stat in stats:
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(stat.parent.name) == pid or int(fields[1]) == pid:
-            total += int(fields[11]) + int(fields[12])
-    return total / ticks if stats else None
-
-
-class Server:
-    """`gateway serve` as a subprocess on a free port with its own data directory."""
-
-    def __init__(self, database_url: str | None):
-        self.database_url = database_url
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.token: str | None = None
-        self.log: deque[str] = deque(maxlen=200)     # server lines other than access log
-        self._token_seen = threading.Event()
-        self._tmp = tempfile.TemporaryDirectory(prefix="gateway-bench-")
-        self.env = self._environment()
-        self.proc: subprocess.Popen | None = None
-
-    def _environment(self) -> dict:
-        env = dict(os.environ, GATEWAY_DATA_DIR=self._tmp.name, PYTHONUNBUFFERED="1")
-        env.pop("GATEWAY_DATABASE_URL", None)
-        if self.database_url:
-            env["GATEWAY_DATABASE_URL"] = self.database_url
-        return env
-
-    def start(self) -> None:
-        command = [gateway_command(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                   "--workers", "1", "--threads", str(CLIENT_THREADS)]
-        self.proc = subprocess.Popen(command, env=self.env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, encoding="utf-8",
-                                     errors="replace")
-        threading.Thread(target=self._drain, daemon=True).start()
-        self._wait_healthy()
-        self.token = self.token or self._create_client()
-
-    def _drain(self) -> None:
-        """Read the server's output for good: the token, then keep the pipe from filling."""
-        previous = ""
-        for line in self.proc.stdout:
-            line = line.rstrip("\n")
-            if previous.startswith("No API clients yet"):
-                self.token = line.strip()
-                self._token_seen.set()
-            if '"' not in line or " HTTP/1." not in line:     # skip access-log lines
-                self.log.append(line)
-            previous = line
-
-    def _wait_healthy(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("gateway serve exited with code "
-                                   f"{self.proc.returncode}:\n" + "\n".join(self.log))
-            try:
-                if requests.get(f"{self.base}/healthz", timeout=2).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"gateway serve did not answer /healthz within {timeout:.0f} s")
-
-    def _create_client(self) -> str:
-        """The database already had clients (PostgreSQL reused): register one for us."""
-        out = subprocess.run([gateway_command(), "clients", "create", "--name",
-                              f"bench-{uuid.uuid4().hex[:8]}", "--role", "admin"],
-                             env=self.env, capture_output=True, text=True, check=True)
-        return out.stdout.strip().splitlines()[-1]
-
-    def cpu_seconds(self) -> float | None:
-        return process_cpu_seconds(self.proc.pid) if self.proc else None
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._tmp.cleanup()
-
-    def __enter__(self) -> Server:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
 def session_for(server: Server) -> requests.Session:
     session = requests.Session()
     session.headers.update({"Authorization": f"Bearer {server.token}",
@@ -330,17 +204,6 @@ def note_single_failures(label: str, failures: list, total: int, report: Report)
         codes = sorted({status for status, _ in failures})
         report.problems.append(f"{label}: {len(failures)} of {total} creates failed "
                                f"(HTTP {codes}); first: {failures[0][1]}")
-
-
-def timed(server: Server, work) -> tuple[float, float | None, object]:
-    """Wall seconds, server CPU seconds and result of `work()`."""
-    cpu_before = server.cpu_seconds()
-    start = time.perf_counter()
-    result = work()
-    seconds = time.perf_counter() - start
-    cpu_after = server.cpu_seconds()
-    cpu = cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else None
-    return seconds, cpu, result
 
 
 def run_http_rows(resources: list[dict], bundle_size: int, server: Server,
@@ -462,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
 
     server_log: list[str] = []
     try:
-        with Server(args.database_url) as server:
+        with Server(args.database_url, threads=CLIENT_THREADS) as server:
             try:
                 run_http_rows(resources, args.bundle_size, server, report)
             finally:

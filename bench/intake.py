@@ -39,21 +39,17 @@ import json
 import os
 import platform
 import re
-import shutil
-import socket
 import sqlite3
 import subprocess
-import sys
 import tempfile
-import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from itertools import count
 from pathlib import Path
 
 import requests
+from live_server import Server, gateway_command, timed
 from stdnum.ru import inn as stdnum_inn
 
 from gateway import fhir
@@ -276,115 +272,6 @@ def time_bare_validation(resources: list[dict], report: Report | None = None) ->
     return seconds
 
 
-# --- the server --------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def gateway_command() -> str:
-    beside = Path(sys.executable).with_name("gateway")
-    found = str(beside) if beside.exists() else shutil.which("gateway")
-    if not found:
-        raise SystemExit("The `gateway` command is not installed (pip install -e .).")
-    return found
-
-
-def process_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU of a process and its direct children (Linux /proc), or None."""
-    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    total = 0
-    try:
-        stats = list(Path("/proc").glob("[0-9]*/stat"))
-    except OSError:
-        return None
-    for stat in stats:
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(stat.parent.name) == pid or int(fields[1]) == pid:
-            total += int(fields[11]) + int(fields[12])
-    return total / ticks if stats else None
-
-
-class Server:
-    """`gateway serve` on a free port with a new data directory (and so a new SQLite file)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.token: str | None = None
-        self.log: deque[str] = deque(maxlen=200)     # server lines other than access log
-        self._tmp = tempfile.TemporaryDirectory(prefix="gateway-bench-intake-")
-        self.env = dict(os.environ, GATEWAY_DATA_DIR=self._tmp.name, PYTHONUNBUFFERED="1")
-        self.env.pop("GATEWAY_DATABASE_URL", None)
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        command = [gateway_command(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                   "--workers", "1", "--threads", str(SERVER_THREADS)]
-        self.proc = subprocess.Popen(command, env=self.env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, encoding="utf-8",
-                                     errors="replace")
-        threading.Thread(target=self._drain, daemon=True).start()
-        self._wait_healthy()
-        if not self.token:
-            raise RuntimeError("gateway serve printed no bootstrap token:\n" +
-                               "\n".join(self.log))
-
-    def _drain(self) -> None:
-        """Read the server's output for good: the token, then keep the pipe from filling."""
-        previous = ""
-        for line in self.proc.stdout:
-            line = line.rstrip("\n")
-            if previous.startswith("No API clients yet"):
-                self.token = line.strip()                  # kept out of the printed log
-            elif '"' not in line or " HTTP/1." not in line:   # skip access-log lines
-                self.log.append(line)
-            previous = line
-
-    def _wait_healthy(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("gateway serve exited with code "
-                                   f"{self.proc.returncode}:\n" + "\n".join(self.log))
-            try:
-                if requests.get(f"{self.base}/healthz", timeout=2).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"gateway serve did not answer /healthz within {timeout:.0f} s")
-
-    def cpu_seconds(self) -> float | None:
-        return process_cpu_seconds(self.proc.pid) if self.proc else None
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._tmp.cleanup()
-
-    def __enter__(self) -> Server:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
 # --- HTTP rows ---------------------------------------------------------------------------
 
 @dataclass
@@ -474,17 +361,6 @@ def note_request_times(label: str, replies: list[requests.Response], report: Rep
     report.notes.append(f"{label}: {len(times)} requests, first {times[0]:.2f} s, last "
                         f"{times[-1]:.2f} s, fastest {min(times):.2f} s, slowest "
                         f"{max(times):.2f} s")
-
-
-def timed(server: Server, work) -> tuple[float, float | None, object]:
-    """Wall seconds, server CPU seconds and result of `work()`."""
-    cpu_before = server.cpu_seconds()
-    start = time.perf_counter()
-    result = work()
-    seconds = time.perf_counter() - start
-    cpu_after = server.cpu_seconds()
-    cpu = cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else None
-    return seconds, cpu, result
 
 
 @dataclass
@@ -685,12 +561,12 @@ def main(argv: list[str] | None = None) -> None:
                             csv_bodies(*make_csv_rows(WARMUP, warm_keys)), WARMUP))
     server_log: list[str] = []
     try:
-        with Server() as server:
+        with Server(threads=SERVER_THREADS, prefix="gateway-bench-intake-") as server:
             try:
                 run_http_rows(workloads, warmups, server, report)
             finally:
                 server_log = list(server.log)
-    except (RuntimeError, requests.RequestException) as exc:
+    except (RuntimeError, requests.RequestException, subprocess.CalledProcessError) as exc:
         report.problems.append(f"HTTP rows stopped: {type(exc).__name__}: {exc}")
 
     # (e): the CLI, into its own new SQLite file
