@@ -241,10 +241,10 @@ def _entry(raw: dict, index: int) -> Entry:
                              expression=f"{where}.resource")
     return Entry(index, method, rtype, rid, resource if method != "DELETE" else None,
                  raw.get("fullUrl"), request.get("ifNoneExist"),
-                 _etag_version(request.get("ifMatch")), query or None)
+                 etag_version(request.get("ifMatch")), query or None)
 
 
-def _etag_version(etag: str | None) -> int | None:
+def etag_version(etag: str | None) -> int | None:
     if not etag:
         return None
     digits = etag.replace("W/", "").strip('"')

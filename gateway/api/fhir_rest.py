@@ -12,7 +12,7 @@ from gateway import capability
 from gateway.api import negotiation
 from gateway.errors import InvalidRequest, MethodNotAllowed, NotFound
 from gateway.registry import RESOURCE_TYPES, ResourceType
-from gateway.resources import _etag_version
+from gateway.resources import etag_version
 from gateway.services import services
 from gateway.store.repository import Stored, WriteResult, instant
 
@@ -157,7 +157,7 @@ def history(resource_type: str, rid: str):
 def update(resource_type: str, rid: str):
     _spec(resource_type, "update")
     negotiation.response_type(request)
-    if_match = _etag_version(request.headers.get("If-Match"))
+    if_match = etag_version(request.headers.get("If-Match"))
     result = services().resources.update(_body(), resource_type, rid, if_match)
     return _write_reply(result)
 
