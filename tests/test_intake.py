@@ -209,3 +209,17 @@ def test_a_record_that_is_not_an_object_is_refused_alone(ingest):
     good = _load("frmr-person", "valid-full.json")
     response = ingest("frmr-person", ["just text", good])
     assert [r["status"] for r in response.json["records"]] == ["rejected", "accepted"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_csv_without_a_required_column_is_400_naming_it(ingest):
+    body = "Фамилия;Имя\nСмирнова;Ольга\n".encode()
+    response = ingest("frmr-person-csv", body, "text/csv")
+    assert response.status_code == 400
+    assert "СНИЛС" in response.json["issue"][0]["details"]["text"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_an_oversized_intake_body_is_413(ingest):
+    response = ingest("frmr-person", b"[" + b"{}," * (4 * 1024 * 1024) + b"{}]")
+    assert response.status_code == 413

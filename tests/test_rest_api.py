@@ -332,3 +332,19 @@ def test_bundles_and_outcomes_in_xml_are_schema_valid(client, auth, created, fhi
     fhir_schema.assertValid(etree.fromstring(missing.data))
     metadata = client.get("/fhir/metadata?_format=xml")
     fhir_schema.assertValid(etree.fromstring(metadata.data))
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_unit_code_outside_the_units_book_is_refused(post):
+    observation = load_fixture("valid/observation-petrova-hemoglobin.json")
+    observation["valueQuantity"]["code"] = "999999"
+    response = post(observation)
+    assert response.status_code == 422
+    assert response.json["issue"][0]["expression"] == ["Observation.valueQuantity.code"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_search_is_not_offered_yet_and_says_so(client, auth):
+    response = client.get("/fhir/Practitioner", headers=auth)
+    assert response.status_code == 405
+    assert response.json["resourceType"] == "OperationOutcome"

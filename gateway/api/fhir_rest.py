@@ -107,12 +107,6 @@ def conditional_update(resource_type: str):
     return _write_reply(services().resources.conditional_update(_body(), resource_type, query))
 
 
-@blueprint.get("/<resource_type>")
-def search(resource_type: str):
-    _spec(resource_type, "search-type")      # 405 until search is built (registry says so)
-    raise AssertionError("search-type is not registered")
-
-
 # --- instance level -----------------------------------------------------------------
 
 @blueprint.get("/<resource_type>/<rid>")

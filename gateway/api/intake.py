@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 
 from gateway import fhir, intake
-from gateway.errors import InvalidRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
+from gateway.errors import InvalidRequest, NotFound, UnsupportedMediaType
 from gateway.mapping import csv_records
 from gateway.services import services
 
@@ -18,9 +18,7 @@ def ingest(name: str):
     if mapping is None:
         raise NotFound(f"Формат «{name}» не найден. Доступны: {', '.join(gateway.mappings)}.",
                        f"No mapping named {name!r}.")
-    body = request.get_data(cache=False)
-    if len(body) > gateway.settings.max_body_bytes:
-        raise PayloadTooLarge("Тело запроса больше допустимого.", "Request body too large.")
+    body = request.get_data(cache=False)         # MAX_CONTENT_LENGTH refuses huge bodies (413)
     if request.mimetype == "text/csv":
         records = csv_records.read_records(body, mapping)
     else:

@@ -33,6 +33,7 @@ def validate(resource: dict, ctx: ValidationContext) -> tuple[dict, list[Issue]]
 def check_codings(resource: dict, ctx: ValidationContext) -> list[Issue]:
     issues = []
     for path, node in russian.walk_objects(resource, resource.get("resourceType", "")):
-        if isinstance(node.get("system"), str) and "code" in node and "value" not in node:
+        # Codings, and Quantities whose unit comes from a book (НСИ 1358)
+        if isinstance(node.get("system"), str) and "code" in node:
             issues += check_coding(ctx.terminology, node, path)
     return issues
