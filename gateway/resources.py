@@ -20,6 +20,7 @@ from gateway import validation
 from gateway.errors import GatewayError, InvalidRequest, MethodNotAllowed, ValidationFailed
 from gateway.issues import Issue, has_errors, operation_outcome
 from gateway.registry import RESOURCE_TYPES
+from gateway.store import submissions
 from gateway.store.repository import Store, Stored, WriteResult, check_id, instant
 from gateway.validation import identifiers, systems
 from gateway.validation.context import ValidationContext
@@ -107,8 +108,8 @@ class Resources:
                 found = self.store.match(conn, entry.type, parse_condition(entry.if_none_exist)) \
                     if entry.if_none_exist else None
                 if found:
-                    matched[entry.index] = WriteResult(
-                        self.store.read_in(conn, entry.type, found), "matched")
+                    matched[entry.index] = self.store.existing(
+                        conn, self.store.read_in(conn, entry.type, found), "matched")
                 entry.id = found or str(uuid.uuid4())
             elif entry.method == "PUT" and entry.condition:
                 entry.id = self.store.match(conn, entry.type, parse_condition(entry.condition)) \
@@ -126,7 +127,9 @@ class Resources:
         for entry in (e for e in entries if e.method == "PUT"):
             results[entry.index] = self.store.update(conn, entry.resource, entry.id,
                                                      entry.if_match)
-        return [results[i] for i in sorted(results)]
+        ordered = [results[i] for i in sorted(results)]
+        submissions.adopt_organization(conn, [r.submission for r in ordered])
+        return ordered
 
     def batch(self, bundle: dict, base: str) -> dict:
         responses = []

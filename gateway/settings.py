@@ -32,6 +32,26 @@ class Settings:
     serve_workers: int
     serve_threads: int
     log_level: str
+    embedded_worker: bool
+    signing_alg: str
+    signing_kid: str
+    sender_id: str
+    delivery_batch_size: int
+    delivery_max_attempts: int
+    delivery_backoff_base: float
+    delivery_backoff_max: float
+    delivery_timeout: float
+    delivery_poll_interval: float
+    delivery_idle: float
+    circuit_failures: int
+    circuit_open_seconds: float
+    mock_clarification_rate: float
+    mock_processing_delay: float
+
+    @property
+    def keys_path(self) -> Path:
+        """Signing keys live in the data directory, never in the repository."""
+        return self.data_path / "keys"
 
     @property
     def data_path(self) -> Path:
@@ -73,4 +93,6 @@ def _convert(raw: str, kind: type, name: str):
         raise ValueError(f"{ENV_PREFIX}{name.upper()} must be true or false, not {raw!r}")
     if kind is int:
         return int(raw)
+    if kind is float:
+        return float(raw)
     return raw

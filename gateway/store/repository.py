@@ -32,7 +32,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from gateway.errors import Conflict, Gone, InvalidRequest, NotFound, PreconditionFailed
-from gateway.store import indexing
+from gateway.store import indexing, submissions
 from gateway.store.schema import INDEX_TABLES, resource_versions, resources, search_token
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -61,6 +61,7 @@ class Stored:
 class WriteResult:
     stored: Stored
     outcome: str          # created | updated | unchanged | deleted | matched
+    submission: str | None = None   # the outbox entry of this change (or the latest one)
 
 
 def utcnow() -> datetime:
@@ -198,7 +199,8 @@ class Store:
         if condition:
             found = self.match(conn, resource_type, condition)
             if found:
-                return WriteResult(self.read_in(conn, resource_type, found), "matched")
+                return self.existing(conn, self.read_in(conn, resource_type, found),
+                                       "matched")
         return self._insert_new(conn, resource, rid or str(uuid.uuid4()))
 
     def update(self, conn: Connection, resource: dict, rid: str,
@@ -226,9 +228,9 @@ class Store:
         if not deleted:
             previous = self.read_in(conn, resource_type, rid)
             if _same_content(previous.content, resource):
-                return WriteResult(previous, "unchanged")
-        return WriteResult(self._write_version(conn, pk, resource, rid, version + 1, "PUT"),
-                           "updated")
+                return self.existing(conn, previous, "unchanged")
+        stored = self._write_version(conn, pk, resource, rid, version + 1, "PUT")
+        return WriteResult(stored, "updated", self._queue(conn, stored))
 
     def conditional_update(self, conn: Connection, resource: dict,
                            condition: list[tuple[str, str | None, str]]) -> WriteResult:
@@ -250,9 +252,21 @@ class Store:
         conn.execute(update(resources).where(resources.c.pk == pk).values(
             version=version + 1, last_updated=now, deleted=True))
         self._unindex(conn, pk)
-        return WriteResult(Stored(resource_type, rid, version + 1, now, True, None), "deleted")
+        stored = Stored(resource_type, rid, version + 1, now, True, None)
+        return WriteResult(stored, "deleted", self._queue(conn, stored))
 
     # --- internals -----------------------------------------------------------------
+
+    @staticmethod
+    def _queue(conn: Connection, stored: Stored) -> str | None:
+        """The outbox entry of a change, written in the change's own transaction."""
+        return submissions.record(conn, [_change(stored)], stored.last_updated)[0]
+
+    @staticmethod
+    def existing(conn: Connection, stored: Stored, outcome: str) -> WriteResult:
+        """A write that changed nothing, pointing at the resource's latest submission."""
+        return WriteResult(stored, outcome,
+                           submissions.latest(conn, stored.resource_type, stored.id))
 
     def _insert_new(self, conn: Connection, resource: dict, rid: str) -> WriteResult:
         return self.create_many(conn, [(resource, rid)])[0]
@@ -276,8 +290,9 @@ class Store:
              "last_updated": now, "method": "POST", "deleted": False, "content": _dump(c)}
             for pk, c in zip(pks, contents, strict=True)])
         self._index(conn, list(zip(pks, contents, strict=True)))
-        return [WriteResult(Stored(c["resourceType"], c["id"], 1, now, False, c), "created")
-                for c in contents]
+        written = [Stored(c["resourceType"], c["id"], 1, now, False, c) for c in contents]
+        queued = submissions.record(conn, [_change(s) for s in written], now)
+        return [WriteResult(s, "created", sid) for s, sid in zip(written, queued, strict=True)]
 
     def _write_version(self, conn: Connection, pk: int, resource: dict, rid: str,
                        version: int, method: str) -> Stored:
@@ -364,6 +379,10 @@ def _without_server_meta(resource: dict | None) -> dict:
 
 def _same_content(stored: dict | None, incoming: dict) -> bool:
     return _without_server_meta(stored) == _without_server_meta(incoming)
+
+
+def _change(stored: Stored) -> submissions.Change:
+    return submissions.Change(stored.resource_type, stored.id, stored.version, stored.content)
 
 
 def _dump(content: dict) -> str:

@@ -7,6 +7,13 @@
 - `search_*`: values extracted at write time from the current version (tokens,
   strings, dates, references, quantities), so search never parses JSON.
 - `clients`: API clients; only a hash of each bearer token is kept.
+- `submissions`: the durable outbox. Every accepted change of a resource adds one
+  row in the same transaction as the change; it is also what the MIS follows
+  (`status`), with every status change in `submission_events`.
+- `outbox_bundles`: the signed transaction Bundles formed from submissions, with
+  their stable identifier, attempts, back-off and the upstream's ticket.
+- `webhooks`, `webhook_deliveries`: where an MIS wants status changes POSTed,
+  and the notifications waiting to go out (an outbox of their own).
 
 The schema is created and evolved only by the Alembic migrations next door;
 this module describes it for queries (and the migrations must match it).
@@ -17,6 +24,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -128,4 +136,84 @@ clients = Table(
     Column("token_hash", String(64), nullable=False, unique=True),
     Column("created_at", DateTime, nullable=False),
     Column("active", Boolean, nullable=False, default=True),
+)
+
+outbox_bundles = Table(
+    "outbox_bundles", metadata,
+    Column("pk", BigId, primary_key=True, autoincrement=True),
+    Column("identifier", String(64), nullable=False, unique=True),
+    Column("destination", String(8), nullable=False),
+    Column("organization", String(64), nullable=True),
+    Column("state", String(16), nullable=False),    # pending | sending | sent | done | dead
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", DateTime, nullable=False),
+    Column("lease_until", DateTime, nullable=True),
+    Column("lease_owner", String(64), nullable=True),
+    Column("ticket", String(200), nullable=True),
+    Column("body", Text, nullable=False),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    Index(None, "state", "next_attempt_at"),
+)
+
+submissions = Table(
+    "submissions", metadata,
+    Column("pk", BigId, primary_key=True, autoincrement=True),
+    Column("id", String(36), nullable=False, unique=True),
+    Column("resource_type", String(64), nullable=False),
+    Column("resource_id", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("method", String(8), nullable=False),           # PUT | DELETE
+    Column("destination", String(8), nullable=False),      # frmo | frmr | elmk
+    Column("organization", String(64), nullable=True),
+    Column("depends_on", Text, nullable=False),            # JSON list of "Type/id"
+    Column("status", String(32), nullable=False),
+    Column("detail", Text, nullable=True),                 # JSON: reason, outcome, waiting_for
+    Column("bundle_pk", BigId, ForeignKey("outbox_bundles.pk"), nullable=True, index=True),
+    Column("client_pk", BigId, nullable=True),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    Column("accepted_at", DateTime, nullable=True),
+    Column("processing_due", Date, nullable=True),
+    Column("answer_due", Date, nullable=True),
+    Index(None, "status", "pk"),
+    Index(None, "resource_type", "resource_id", "pk"),
+    Index(None, "organization", "pk"),
+    Index(None, "updated_at"),
+)
+
+submission_events = Table(
+    "submission_events", metadata,
+    Column("pk", BigId, primary_key=True, autoincrement=True),
+    Column("submission_pk", BigId, ForeignKey("submissions.pk", ondelete="CASCADE"),
+           nullable=False, index=True),
+    Column("status", String(32), nullable=False),
+    Column("at", DateTime, nullable=False),
+    Column("detail", Text, nullable=True),
+)
+
+webhooks = Table(
+    "webhooks", metadata,
+    Column("pk", BigId, primary_key=True, autoincrement=True),
+    Column("client_pk", BigId, ForeignKey("clients.pk", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("url", String(2000), nullable=False),
+    Column("secret", String(128), nullable=False),
+    Column("active", Boolean, nullable=False, default=True),
+    Column("created_at", DateTime, nullable=False),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries", metadata,
+    Column("pk", BigId, primary_key=True, autoincrement=True),
+    Column("webhook_pk", BigId, ForeignKey("webhooks.pk", ondelete="CASCADE"), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("state", String(16), nullable=False),    # pending | delivered | failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", DateTime, nullable=False),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", DateTime, nullable=False),
+    Column("delivered_at", DateTime, nullable=True),
+    Index(None, "state", "next_attempt_at"),
 )

@@ -1,0 +1,110 @@
+"""Where a changed resource goes upstream, and what must reach the upstream first (pure).
+
+ЕГИСЗ is several services: ФРМО registers medical organizations, ФРМР medical
+workers and their posts, the medical-book service (ЭЛМК) patients' vaccinations,
+exams and results. Each accepted change becomes one submission to one of them.
+
+The upstream checks references against what it already registered, so order
+matters: an Organization before a department or a PractitionerRole that points
+at it, a Practitioner before his roles, a Patient before his records, an
+Observation before the report that cites it. `dependencies` names those
+resources; the worker sends a submission only when each of them is approved.
+"""
+from __future__ import annotations
+
+from gateway.validation import systems
+
+FRMO = "frmo"
+FRMR = "frmr"
+ELMK = "elmk"
+DESTINATIONS = (FRMO, FRMR, ELMK)
+
+_BY_TYPE = {
+    "Practitioner": FRMR,
+    "PractitionerRole": FRMR,
+    "Patient": ELMK,
+    "Immunization": ELMK,
+    "DiagnosticReport": ELMK,
+    "Observation": ELMK,
+}
+
+# The references whose targets must be registered upstream first, per type.
+_DEPENDENCY_PATHS = {
+    "Organization": (("partOf",),),
+    "PractitionerRole": (("practitioner",), ("organization",)),
+    "Immunization": (("patient",),),
+    "DiagnosticReport": (("subject",), ("result",)),
+    "Observation": (("subject",),),
+}
+SENT_TYPES = frozenset(_BY_TYPE) | {"Organization"}
+
+
+def destination(resource_type: str, resource: dict | None) -> str | None:
+    """The upstream service for a resource; None for what is not sent (Provenance).
+
+    An Organization goes to ФРМО only when it carries a ФРМО OID: an employer in
+    a medical-book record is not a medical organization and travels with the book.
+    A deletion (no content) goes where the type usually goes.
+    """
+    if resource_type == "Organization":
+        if resource is None:
+            return FRMO
+        has_oid = any(i.get("system") == systems.FRMO
+                      for i in resource.get("identifier") or [] if isinstance(i, dict))
+        return FRMO if has_oid else ELMK
+    return _BY_TYPE.get(resource_type)
+
+
+def dependencies(resource_type: str, resource: dict | None) -> list[str]:
+    """`Type/id` of every sent resource this one refers to and needs registered first."""
+    if resource is None:
+        return []
+    found: list[str] = []
+    for path in _DEPENDENCY_PATHS.get(resource_type, ()):
+        for reference in _references(resource, path):
+            target = _local(reference)
+            if target and target.split("/")[0] in SENT_TYPES and target not in found:
+                found.append(target)
+    return found
+
+
+def organization_of(resource_type: str, resource: dict | None, rid: str) -> str | None:
+    """The id of the organization a change belongs to (its Bundle is signed for it).
+
+    A department belongs to its parent; a role, a vaccination or a report to the
+    organization it names. Practitioners and patients name none themselves: the
+    write path gives them the organization of the record they arrived with.
+    """
+    if resource is None:
+        return rid if resource_type == "Organization" else None
+    if resource_type == "Organization":
+        parent = _local((resource.get("partOf") or {}).get("reference"))
+        return parent.split("/")[1] if parent and parent.startswith("Organization/") else rid
+    candidates = {
+        "PractitionerRole": [resource.get("organization")],
+        "Immunization": [p.get("actor") for p in resource.get("performer") or []
+                         if isinstance(p, dict)],
+        "DiagnosticReport": resource.get("performer") or [],
+        "Observation": resource.get("performer") or [],
+    }.get(resource_type, [])
+    for reference in candidates:
+        target = _local((reference or {}).get("reference"))
+        if target and target.startswith("Organization/"):
+            return target.split("/")[1]
+    return None
+
+
+def _references(resource: dict, path: tuple[str, ...]) -> list[str]:
+    value = resource.get(path[0])
+    values = value if isinstance(value, list) else [value]
+    return [v["reference"] for v in values
+            if isinstance(v, dict) and isinstance(v.get("reference"), str)]
+
+
+def _local(reference: str | None) -> str | None:
+    """`Type/id` of a relative reference; None for absolute, contained or empty ones."""
+    if not reference or reference.startswith("#") or "://" in reference \
+            or reference.startswith("urn:"):
+        return None
+    parts = reference.split("/")
+    return "/".join(parts[:2]) if len(parts) >= 2 else None
