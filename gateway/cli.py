@@ -270,3 +270,117 @@ def _report_rows(mapping, results) -> list[list[str]]:
             rows.append([str(result.index + 1), column or location, issue.text_ru,
                          issue.diagnostics])
     return rows
+
+
+# --- delivery: keys, worker, outbox, mock upstream ---------------------------------------
+
+@main.group()
+def keys() -> None:
+    """Signing keys of the Bundles sent upstream (kept in the data directory)."""
+
+
+@keys.command("generate")
+@click.option("--alg", default=None, type=click.Choice(["ES256", "RS256", "GOST3410-2012-256"]),
+              help="Default: signing_alg from the settings.")
+def keys_generate(alg: str | None) -> None:
+    """Write a new key pair into the data directory and print its kid (last line).
+
+    The new key signs from the next worker start; older keys stay published in the
+    JWKS until retired, so Bundles signed with them still verify.
+    """
+    from gateway import signing
+    settings = load_settings()
+    signer = signing.generate_key(settings.keys_path, alg or settings.signing_alg)
+    click.echo(f"New {signer.alg} key in {settings.keys_path}; kid:")
+    click.echo(signer.kid)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """The published keys (the JWKS)."""
+    from gateway import signing
+    for jwk in signing.jwks(load_settings().keys_path)["keys"]:
+        click.echo(f"{jwk['kid']}  {jwk.get('alg', '')}")
+
+
+@keys.command("retire")
+@click.argument("kid")
+def keys_retire(kid: str) -> None:
+    """Stop publishing a key and never sign with it again."""
+    from gateway import signing
+    signing.retire_key(load_settings().keys_path, kid)
+    click.echo(f"Key {kid} retired.")
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Work until nothing is due now, then exit.")
+def worker(once: bool) -> None:
+    """Deliver the outbox to the upstream: sign, send, retry, poll, update statuses.
+
+    Several workers may run against PostgreSQL (they share the work without
+    sending anything twice); with SQLite run one.
+    """
+    import signal
+    import threading
+
+    from gateway.delivery.worker import Worker
+    from gateway.store import database
+
+    settings = load_settings()
+    if not settings.upstream_url:
+        raise click.ClickException("upstream_url is empty: set GATEWAY_UPSTREAM_URL.")
+    engine = _engine(settings)
+    database.upgrade(engine)
+    delivery = Worker(engine, settings)
+    if once:
+        delivery.drain()
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    delivery.run(stop)
+
+
+@main.group("outbox")
+def outbox_group() -> None:
+    """Inspect and replay what waits to go upstream."""
+
+
+@outbox_group.command("list")
+@click.option("--state", type=click.Choice(["pending", "sending", "sent", "done", "dead"]))
+@click.option("--limit", default=50, show_default=True)
+def outbox_list(state: str | None, limit: int) -> None:
+    """Bundles, newest first, with their state, attempts and last error."""
+    from gateway.delivery import outbox
+    engine = _engine(load_settings())
+    summary = outbox.summary(engine)
+    click.echo("Bundles: " + (", ".join(f"{k} {v}" for k, v in sorted(
+        summary["bundles"].items())) or "none"))
+    click.echo("Records: " + (", ".join(f"{k} {v}" for k, v in sorted(
+        summary["submissions"].items())) or "none"))
+    for bundle in outbox.list_bundles(engine, state, limit):
+        click.echo(f"{bundle['identifier']}  {bundle['destination']}  {bundle['state']:<7} "
+                   f"records {bundle['records']:<4} attempts {bundle['attempts']:<3} "
+                   f"{bundle['last_error'] or ''}")
+
+
+@outbox_group.command("retry")
+@click.argument("identifier")
+def outbox_retry(identifier: str) -> None:
+    """Send a Bundle (by its identifier or a submission id) now; a dead one comes back."""
+    from gateway.delivery import outbox
+    from gateway.store.repository import utcnow
+    result = outbox.retry(_engine(load_settings()), identifier, utcnow())
+    if result is None:
+        raise click.ClickException(f"no Bundle or submission {identifier!r}")
+    click.echo(f"{result['identifier']}: {result['state']}"
+               + ("" if result["changed"] else " (already answered; nothing to retry)"))
+
+
+@outbox_group.command("requeue-dead")
+def outbox_requeue_dead() -> None:
+    """Every dead Bundle back to the queue, with a fresh count of attempts."""
+    from gateway.delivery import outbox
+    from gateway.store.repository import utcnow
+    count = outbox.requeue_dead(_engine(load_settings()), utcnow())
+    click.echo(f"Requeued {count} dead Bundle(s).")

@@ -72,7 +72,8 @@ def ingest_one(mapping: Mapping, record, index: int, resources: Resources,
     except GatewayError as error:
         return RecordResult(index, "rejected", issues=error.issues)
     written = [{"reference": f"{r.stored.resource_type}/{r.stored.id}",
-                "outcome": r.outcome, "version": r.stored.version} for r in results]
+                "outcome": r.outcome, "version": r.stored.version,
+                **({"submission": r.submission} if r.submission else {})} for r in results]
     return RecordResult(index, "accepted", written, _unique(issues))
 
 

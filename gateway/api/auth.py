@@ -7,14 +7,16 @@ from __future__ import annotations
 
 from flask import g, request
 
-from gateway.errors import Unauthorized
+from gateway.errors import Forbidden, Unauthorized
 from gateway.services import services
+from gateway.store import submissions
 from gateway.store.clients import client_for_token
 
-PUBLIC_ENDPOINTS = {"health.healthz", "fhir.metadata", "static"}
+PUBLIC_ENDPOINTS = {"health.healthz", "fhir.metadata", "static", "delivery.jwks"}
 
 
 def require_token() -> None:
+    submissions.current_client.set(None)        # threads are reused between requests
     if request.endpoint in PUBLIC_ENDPOINTS:
         return
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -26,3 +28,10 @@ def require_token() -> None:
             "A valid bearer token is required (Authorization: Bearer <token>).",
             headers={"WWW-Authenticate": 'Bearer realm="gateway"'})
     g.client = client
+    submissions.current_client.set(client.pk)
+
+
+def require_admin() -> None:
+    if g.client.role != "admin":
+        raise Forbidden("Операция доступна только администратору шлюза.",
+                        "This operation needs the admin role.")

@@ -57,8 +57,12 @@ def _version_headers(stored: Stored) -> dict:
 
 
 def _write_reply(result: WriteResult) -> Response:
+    """The stored resource; `X-Submission-Id` names the submission to follow upstream."""
     status = 201 if result.outcome == "created" else 200
-    return _reply(result.stored.content, status, _version_headers(result.stored))
+    headers = _version_headers(result.stored)
+    if result.submission:
+        headers["X-Submission-Id"] = result.submission
+    return _reply(result.stored.content, status, headers)
 
 
 # --- system level ---------------------------------------------------------------------

@@ -9,6 +9,7 @@ Everything else waits, and says what it waits for.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -71,6 +72,21 @@ def plan(candidates: list[Candidate], first_pending: dict[str, int],
         else:
             waiting[candidate.pk] = _reason_dependencies(candidate, dependency_status)
     return Plan(bundles, waiting)
+
+
+def adopt_owners(candidates: list[Candidate]) -> list[Candidate]:
+    """A Practitioner or Patient of no organization joins that of what depends on it.
+
+    Pushed on its own, a Practitioner names no clinic; his role, queued beside him,
+    does. Travelling in the role's Bundle, he is registered before it in one trip.
+    """
+    owners: dict[str, str] = {}
+    for candidate in candidates:
+        for dependency in candidate.depends_on:
+            if candidate.organization:
+                owners.setdefault(dependency, candidate.organization)
+    return [dataclasses.replace(c, organization=owners[c.reference])
+            if c.organization is None and c.reference in owners else c for c in candidates]
 
 
 def _ready(candidates: list[Candidate], status: dict[str, str | None]) -> list[Candidate]:

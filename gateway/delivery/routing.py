@@ -28,13 +28,13 @@ _BY_TYPE = {
     "Observation": ELMK,
 }
 
-# The references whose targets must be registered upstream first, per type.
+# The references whose targets must be registered upstream first: (path, target type).
 _DEPENDENCY_PATHS = {
-    "Organization": (("partOf",),),
-    "PractitionerRole": (("practitioner",), ("organization",)),
-    "Immunization": (("patient",),),
-    "DiagnosticReport": (("subject",), ("result",)),
-    "Observation": (("subject",),),
+    "Organization": (("partOf", "Organization"),),
+    "PractitionerRole": (("practitioner", "Practitioner"), ("organization", "Organization")),
+    "Immunization": (("patient", "Patient"),),
+    "DiagnosticReport": (("subject", "Patient"), ("result", "Observation")),
+    "Observation": (("subject", "Patient"),),
 }
 SENT_TYPES = frozenset(_BY_TYPE) | {"Organization"}
 
@@ -56,30 +56,46 @@ def destination(resource_type: str, resource: dict | None) -> str | None:
 
 
 def dependencies(resource_type: str, resource: dict | None) -> list[str]:
-    """`Type/id` of every sent resource this one refers to and needs registered first."""
+    """Every sent resource this one refers to and needs registered first.
+
+    A literal reference gives `Type/id`; a logical one (an MIS names a clinic by
+    its ФРМО OID) gives `Type?identifier=system|value`, resolved when it is time to
+    send, since the clinic may reach the gateway only later.
+    """
     if resource is None:
         return []
     found: list[str] = []
-    for path in _DEPENDENCY_PATHS.get(resource_type, ()):
+    for path, target_type in _DEPENDENCY_PATHS.get(resource_type, ()):
         for reference in _references(resource, path):
-            target = _local(reference)
-            if target and target.split("/")[0] in SENT_TYPES and target not in found:
+            target = _target(reference, target_type)
+            if target and target.split("/")[0].split("?")[0] in SENT_TYPES \
+                    and target not in found:
                 found.append(target)
     return found
 
 
+def logical(dependency: str) -> tuple[str, str, str] | None:
+    """(type, system, value) of a logical dependency `Type?identifier=system|value`."""
+    if "?identifier=" not in dependency:
+        return None
+    rtype, _, token = dependency.partition("?identifier=")
+    system, _, value = token.partition("|")
+    return rtype, system, value
+
+
 def organization_of(resource_type: str, resource: dict | None, rid: str) -> str | None:
-    """The id of the organization a change belongs to (its Bundle is signed for it).
+    """The organization a change belongs to (its Bundle is signed for it), as a target.
 
     A department belongs to its parent; a role, a vaccination or a report to the
-    organization it names. Practitioners and patients name none themselves: the
-    write path gives them the organization of the record they arrived with.
+    organization it names (`Organization/id`, or by identifier). Practitioners and
+    patients name none themselves: the write path gives them the organization of
+    the record they arrived with.
     """
-    if resource is None:
-        return rid if resource_type == "Organization" else None
     if resource_type == "Organization":
-        parent = _local((resource.get("partOf") or {}).get("reference"))
-        return parent.split("/")[1] if parent and parent.startswith("Organization/") else rid
+        parent = _target(resource.get("partOf") or {}, "Organization") if resource else None
+        return parent if parent and parent.startswith("Organization") else f"Organization/{rid}"
+    if resource is None:
+        return None
     candidates = {
         "PractitionerRole": [resource.get("organization")],
         "Immunization": [p.get("actor") for p in resource.get("performer") or []
@@ -88,17 +104,29 @@ def organization_of(resource_type: str, resource: dict | None, rid: str) -> str 
         "Observation": resource.get("performer") or [],
     }.get(resource_type, [])
     for reference in candidates:
-        target = _local((reference or {}).get("reference"))
-        if target and target.startswith("Organization/"):
-            return target.split("/")[1]
+        target = _target(reference or {}, "Organization")
+        if target and target.startswith("Organization"):
+            return target
     return None
 
 
-def _references(resource: dict, path: tuple[str, ...]) -> list[str]:
-    value = resource.get(path[0])
+def _references(resource: dict, path: str) -> list[dict]:
+    value = resource.get(path)
     values = value if isinstance(value, list) else [value]
-    return [v["reference"] for v in values
-            if isinstance(v, dict) and isinstance(v.get("reference"), str)]
+    return [v for v in values if isinstance(v, dict)]
+
+
+def _target(reference: dict, target_type: str) -> str | None:
+    """`Type/id` or `Type?identifier=system|value` of a Reference; None if neither."""
+    literal = _local(reference.get("reference") if isinstance(reference.get("reference"), str)
+                     else None)
+    if literal:
+        return literal
+    identifier = reference.get("identifier")
+    if isinstance(identifier, dict) and identifier.get("system") and identifier.get("value"):
+        return f"{reference.get('type') or target_type}?identifier=" \
+               f"{identifier['system']}|{identifier['value']}"
+    return None
 
 
 def _local(reference: str | None) -> str | None:

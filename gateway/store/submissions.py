@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection
 from gateway import workdays
 from gateway.delivery import routing
 from gateway.store import webhooks
-from gateway.store.schema import submission_events, submissions
+from gateway.store.schema import resources, search_token, submission_events, submissions
 
 QUEUED = "queued"
 SENT = "sent"
@@ -72,8 +72,8 @@ def record(conn: Connection, changes: list[Change], now: datetime) -> list[str |
             "id": sid, "resource_type": change.resource_type,
             "resource_id": change.resource_id, "version": change.version,
             "method": "DELETE" if change.content is None else "PUT", "destination": target,
-            "organization": routing.organization_of(change.resource_type, change.content,
-                                                    change.resource_id),
+            "organization": resolve(conn, routing.organization_of(
+                change.resource_type, change.content, change.resource_id)),
             "depends_on": json.dumps(routing.dependencies(change.resource_type,
                                                           change.content)),
             "status": QUEUED, "detail": None, "client_pk": current_client.get(),
@@ -84,6 +84,21 @@ def record(conn: Connection, changes: list[Change], now: datetime) -> list[str |
         conn.execute(insert(submission_events), [
             {"submission_pk": pk, "status": QUEUED, "at": now, "detail": None} for pk in pks])
     return ids
+
+
+def resolve(conn: Connection, target: str | None) -> str | None:
+    """The id behind `Type/id` or `Type?identifier=system|value`; None if not (yet) here."""
+    if not target:
+        return None
+    found = routing.logical(target)
+    if found is None:
+        return target.split("/", 1)[1] if "/" in target else None
+    rtype, system, value = found
+    return conn.execute(select(resources.c.id).join(
+        search_token, search_token.c.resource_pk == resources.c.pk).where(
+        search_token.c.resource_type == rtype, search_token.c.param == "identifier",
+        search_token.c.code == value, search_token.c.system == system,
+        resources.c.deleted.is_(False)).limit(1)).scalar()
 
 
 def adopt_organization(conn: Connection, ids: list[str]) -> None:
