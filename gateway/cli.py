@@ -51,8 +51,12 @@ def serve(host: str, port: int, workers: int | None, threads: int | None) -> Non
         click.echo("No API clients yet: created 'demo-admin'. Its bearer token, shown once:")
         click.echo(token)
     engine.dispose()
+    from gateway import signing
+    signer = signing.ensure_signer(settings.keys_path, settings.signing_alg)
     click.echo(f"Gateway on http://{host}:{port}/fhir  (database: "
-               f"{engine.url.render_as_string(hide_password=True)})")
+               f"{engine.url.render_as_string(hide_password=True)}; signing key {signer.kid}, "
+               f"{signer.alg})")
+    children = _delivery_children(settings, host, port)
 
     class Server(BaseApplication):
         def load_config(self):
@@ -69,7 +73,43 @@ def serve(host: str, port: int, workers: int | None, threads: int | None) -> Non
         def load(self):
             return create_app({"auto_migrate": False})
 
-    Server().run()
+    try:
+        Server().run()
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.wait(timeout=10)
+
+
+def _delivery_children(settings: Settings, host: str, port: int) -> list:
+    """The embedded default's delivery: the mock upstream (no upstream configured) and
+    one worker, as child processes that live and die with `gateway serve`."""
+    import os
+    import socket
+    import subprocess
+
+    children = []
+    upstream_url = settings.upstream_url
+    if not upstream_url:
+        with socket.socket() as probe:                 # a free port for the mock
+            probe.bind(("127.0.0.1", 0))
+            mock_port = probe.getsockname()[1]
+        local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        children.append(subprocess.Popen([
+            sys.executable, "-m", "gateway", "mock-upstream", "--port", str(mock_port),
+            "--jwks", f"http://{local}:{port}/.well-known/jwks.json",
+            "--clarification-rate", str(settings.mock_clarification_rate),
+            "--processing-delay", str(settings.mock_processing_delay)]))
+        upstream_url = f"http://127.0.0.1:{mock_port}/fhir"
+        click.echo(f"No upstream configured: the mock upstream runs on {upstream_url} "
+                   f"(stats: http://127.0.0.1:{mock_port}/_mock/stats)")
+    if settings.embedded_worker:
+        children.append(subprocess.Popen([sys.executable, "-m", "gateway", "worker"],
+                                         env={**os.environ,
+                                              "GATEWAY_UPSTREAM_URL": upstream_url}))
+        click.echo(f"Delivery worker started for {upstream_url}")
+    return children
 
 
 # --- db ------------------------------------------------------------------------------
@@ -384,3 +424,48 @@ def outbox_requeue_dead() -> None:
     from gateway.store.repository import utcnow
     count = outbox.requeue_dead(_engine(load_settings()), utcnow())
     click.echo(f"Requeued {count} dead Bundle(s).")
+
+
+@main.command("mock-upstream")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8091, show_default=True, type=int, help="0: a free port.")
+@click.option("--jwks", help="The gateway's JWKS: a URL or a file. Default: the gateway at "
+                             "http://127.0.0.1:8080/.well-known/jwks.json.")
+@click.option("--database", help="The mock's own database URL (default: a SQLite file in the "
+                                 "data directory).")
+@click.option("--fault-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of requests answered with a fault (5xx, 429, timeout, slow).")
+@click.option("--latency-ms", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--drop-after-receive", default=0.0, show_default=True,
+              type=click.FloatRange(0, 1),
+              help="Share of Bundles processed whose connection is then dropped unanswered.")
+@click.option("--clarification-rate", default=0.0, show_default=True,
+              type=click.FloatRange(0, 1), help="Share of records answered "
+                                                "clarification_required.")
+@click.option("--processing-delay", default=0.5, show_default=True, type=float,
+              help="Seconds a ticket stays processing.")
+@click.option("--timeout-seconds", default=30.0, show_default=True, type=float,
+              help="How long a 'timeout' fault holds the request.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Same seed, same faults for the same requests.")
+def mock_upstream(host: str, port: int, jwks: str | None, database: str | None,
+                  fault_rate: float, latency_ms: int, drop_after_receive: float,
+                  clarification_rate: float, processing_delay: float, timeout_seconds: float,
+                  seed: int) -> None:
+    """Run the bundled mock of ЕГИСЗ (ФРМО, ФРМР, ЭЛМК) for integration testing.
+
+    It verifies signatures against the gateway's JWKS, applies the registers'
+    business rules, answers asynchronously with tickets, and injects faults on
+    demand. GET /_mock/stats shows what arrived.
+    """
+    from gateway.mock_upstream.config import DEFAULT_JWKS_URL, MockConfig
+    from gateway.mock_upstream.server import run_mock
+
+    settings = load_settings()
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    config = MockConfig(
+        database_url=database or f"sqlite:///{settings.data_path / 'mock-upstream.sqlite3'}",
+        jwks=jwks or DEFAULT_JWKS_URL, fault_rate=fault_rate, latency_ms=latency_ms,
+        drop_after_receive=drop_after_receive, clarification_rate=clarification_rate,
+        processing_delay_seconds=processing_delay, timeout_seconds=timeout_seconds, seed=seed)
+    run_mock(host, port, config)
