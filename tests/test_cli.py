@@ -131,3 +131,49 @@ def test_nsi_load_reports_an_unreadable_export(runner, env, tmp_path):
     bad.write_text("not json")
     result = runner.invoke(main, ["nsi", "load", str(bad)])
     assert result.exit_code != 0
+
+
+# --- delivery: keys, outbox, worker ---------------------------------------------------
+
+def test_keys_generate_writes_a_key_into_the_data_dir_and_prints_its_kid(runner, env):
+    from gateway import signing
+    result = runner.invoke(main, ["keys", "generate", "--alg", "RS256"])
+    assert result.exit_code == 0, result.output
+    kid = result.output.strip().splitlines()[-1]
+    keys_dir = load_settings().keys_path
+    assert (keys_dir / f"{kid}.json").exists()
+    assert [k["kid"] for k in signing.jwks(keys_dir)["keys"]] == [kid]
+    listed = runner.invoke(main, ["keys", "list"])
+    assert kid in listed.output
+    assert runner.invoke(main, ["keys", "retire", kid]).exit_code == 0
+    assert signing.jwks(keys_dir)["keys"] == []
+
+
+def test_outbox_commands_show_and_replay_dead_bundles(runner, env):
+    from gateway.app import create_app
+    from tests import delivery_data as data
+
+    gateway = create_app().extensions["gateway"]
+    gateway.resources.create(data.organization(1), "Organization")
+    gateway.engine.dispose()
+    env_nowhere = {"GATEWAY_UPSTREAM_URL": "http://127.0.0.1:9/fhir",
+                   "GATEWAY_DELIVERY_MAX_ATTEMPTS": "1"}
+    worked = runner.invoke(main, ["worker", "--once"], env=env_nowhere)
+    assert worked.exit_code == 0, worked.output
+    listed = runner.invoke(main, ["outbox", "list", "--state", "dead"])
+    assert "Records: dead 1" in listed.output
+    identifier = next(line.split()[0] for line in listed.output.splitlines()
+                      if line.startswith("urn:uuid:"))
+    assert "connection failed" in listed.output
+    retried = runner.invoke(main, ["outbox", "retry", identifier])
+    assert retried.output.strip() == f"{identifier}: pending"
+    assert runner.invoke(main, ["worker", "--once"], env=env_nowhere).exit_code == 0
+    requeued = runner.invoke(main, ["outbox", "requeue-dead"])
+    assert requeued.output.strip() == "Requeued 1 dead Bundle(s)."
+    assert runner.invoke(main, ["outbox", "retry", "nope"]).exit_code != 0
+
+
+def test_the_worker_needs_an_upstream(runner, env):
+    result = runner.invoke(main, ["worker", "--once"], env={"GATEWAY_UPSTREAM_URL": ""})
+    assert result.exit_code != 0
+    assert "upstream_url" in result.output

@@ -499,3 +499,74 @@ def test_intake_records_naming_their_clinic_by_oid_reach_approved(client, auth, 
                 json=load_fixture("mappings/frmo-organization/valid-full.json"))
     deliver(worker)
     assert status_of(client, auth, role_sid)["status"] == "approved"
+
+
+class Refusing(BaseHTTPRequestHandler):
+    """An upstream that refuses every Bundle as malformed (400 + OperationOutcome)."""
+
+    def do_POST(self):                            # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.dumps({"resourceType": "OperationOutcome", "issue": [{
+            "severity": "error", "code": "structure", "expression": ["Bundle.type"],
+            "diagnostics": "Bundle.type must be transaction"}]}).encode()
+        self.send_response(400)
+        self.send_header("Content-Type", "application/fhir+json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_bundle_refused_as_a_whole_rejects_its_records_with_the_outcome(client, auth,
+                                                                          gateway):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sid = put(client, auth, data.organization(1)).headers["X-Submission-Id"]
+        make_worker(gateway, f"http://127.0.0.1:{server.server_port}/fhir").drain()
+    finally:
+        server.shutdown()
+        server.server_close()
+    found = status_of(client, auth, sid)
+    assert found["status"] == "rejected"
+    assert found["detail"]["outcome"]["issue"][0]["expression"] == ["Bundle.type"]
+    assert [e["status"] for e in found["history"]] == ["queued", "sent", "rejected"]
+
+
+def test_an_upstream_that_does_not_trust_the_key_gets_retries_then_dead(
+        client, auth, gateway, keys, tmp_path):
+    stranger = signing.generate_key(tmp_path / "other-keys", "ES256")
+    mock = serve_mock(MockConfig(database_url=f"sqlite:///{tmp_path / 'mock.sqlite3'}",
+                                 jwks=signing.jwks(tmp_path / "other-keys"),
+                                 processing_delay_seconds=0.02))
+    try:
+        sid = put(client, auth, data.organization(1)).headers["X-Submission-Id"]
+        worker = make_worker(gateway, mock.url, delivery_max_attempts=3)
+        for _ in range(100):
+            worker.drain()
+            if status_of(client, auth, sid)["status"] == "dead":
+                break
+            time.sleep(0.02)
+        stats = mock_stats(mock)
+    finally:
+        mock.stop()
+    assert stranger.kid != keys.kid
+    assert status_of(client, auth, sid)["status"] == "dead"
+    assert stats["signature_failures"] == 3
+    assert stats["records_applied"] == 0
+
+
+def test_retry_of_a_dead_bundle_by_submission_id(client, auth, gateway, mock):
+    sid = put(client, auth, data.organization(1)).headers["X-Submission-Id"]
+    nowhere = make_worker(gateway, "http://127.0.0.1:9/fhir", delivery_max_attempts=1)
+    nowhere.drain()
+    assert status_of(client, auth, sid)["status"] == "dead"
+    retried = client.post(f"/api/v1/admin/outbox/{sid}/retry", headers=auth).get_json()
+    assert retried["changed"] is True
+    deliver(make_worker(gateway, mock.url))
+    assert status_of(client, auth, sid)["status"] == "approved"
+    again = client.post(f"/api/v1/admin/outbox/{sid}/retry", headers=auth).get_json()
+    assert again["changed"] is False
+    assert client.post("/api/v1/admin/outbox/nope/retry", headers=auth).status_code == 404
