@@ -37,10 +37,6 @@ DEAD = "dead"                # attempts exhausted
 STATES = (PENDING, SENDING, SENT, DONE, DEAD)
 SCAN = 2000                  # queued submissions looked at per round
 
-# Statuses after which a newer version of the same resource may follow.
-_LEFT_GATEWAY = (subs.ACCEPTED, subs.PROCESSING) + subs.FINAL
-
-
 def _write(engine: Engine):
     return engine.connect().execution_options(write=True)
 
@@ -54,14 +50,26 @@ def _skip_locked(engine: Engine, query, of=None):
 # --- forming Bundles ----------------------------------------------------------------
 
 def form(engine: Engine, now: datetime, batch_size: int,
-         sign: Callable[[dict, str | None], dict]) -> int:
-    """Turn ready queued submissions into signed Bundles; returns how many Bundles."""
+         sign: Callable[[dict, str | None], dict], waiting_after: int = 0) -> tuple[int, int]:
+    """Turn ready queued submissions into signed Bundles.
+
+    Returns how many Bundles were formed and where the next look at waiting
+    submissions starts. New submissions are looked at first, every round; those
+    already waiting for a dependency are looked at a window at a time, round-robin,
+    so ten thousand records waiting for one clinic never hide a new one.
+    """
     with _write(engine) as conn, conn.begin():
-        rows = conn.execute(_skip_locked(engine, select(submissions).where(
-            submissions.c.status == subs.QUEUED, submissions.c.bundle_pk.is_(None)
+        queued = select(submissions).where(submissions.c.status == subs.QUEUED,
+                                           submissions.c.bundle_pk.is_(None))
+        rows = conn.execute(_skip_locked(engine, queued.where(
+            submissions.c.detail.is_(None)).order_by(submissions.c.pk).limit(SCAN))).all()
+        waiting = conn.execute(_skip_locked(engine, queued.where(
+            submissions.c.detail.is_not(None), submissions.c.pk > waiting_after
         ).order_by(submissions.c.pk).limit(SCAN))).all()
+        next_after = waiting[-1].pk if len(waiting) == SCAN else 0
+        rows = sorted(rows + waiting, key=lambda r: r.pk)
         if not rows:
-            return 0
+            return 0, next_after
         candidates = bundles.adopt_owners([_resolved(conn, bundles.candidate(r))
                                            for r in rows])
         for row, candidate in zip(rows, candidates, strict=True):
@@ -70,8 +78,8 @@ def form(engine: Engine, now: datetime, batch_size: int,
                     organization=candidate.organization))
         plan = bundles.plan(candidates, _first_pending(conn, candidates),
                             _dependency_status(conn, candidates), batch_size)
-        for pk, waiting in plan.waiting.items():
-            subs.set_waiting(conn, pk, waiting, now)
+        for pk, reason in plan.waiting.items():
+            subs.set_waiting(conn, pk, reason, now)
         for members in plan.bundles:
             identifier = f"urn:uuid:{uuid.uuid4()}"
             contents = _contents(conn, members)
@@ -85,7 +93,7 @@ def form(engine: Engine, now: datetime, batch_size: int,
                 created_at=now, updated_at=now).returning(outbox_bundles.c.pk)).scalar_one()
             conn.execute(update(submissions).where(
                 submissions.c.pk.in_([m.pk for m in members])).values(bundle_pk=pk))
-        return len(plan.bundles)
+        return len(plan.bundles), next_after
 
 
 def _resolved(conn: Connection, candidate: bundles.Candidate) -> bundles.Candidate:

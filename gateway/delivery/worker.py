@@ -61,6 +61,7 @@ class Worker:
         self.lease = timedelta(seconds=settings.delivery_timeout * 2 + 10)
         self.rng = random.Random()
         self.webhooks = WebhookSender(engine, settings)
+        self.waiting_after = 0              # where the next look at waiting records starts
 
     # --- rounds -------------------------------------------------------------------
 
@@ -82,8 +83,9 @@ class Worker:
     def run_once(self) -> Round:
         done = Round()
         done.polled = self.poll_due()
-        done.formed = outbox.form(self.engine, utcnow(), self.settings.delivery_batch_size,
-                                  self.sign)
+        done.formed, self.waiting_after = outbox.form(
+            self.engine, utcnow(), self.settings.delivery_batch_size, self.sign,
+            self.waiting_after)
         done.sent = self.send_due()
         return done
 
