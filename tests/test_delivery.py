@@ -474,6 +474,7 @@ def test_a_deletion_reaches_the_upstream_and_is_approved(client, auth, gateway, 
     deliver(worker)
     deleted = client.delete("/fhir/Organization/org-1", headers=auth)
     assert deleted.status_code == 204
+    assert status_of(client, auth, deleted.headers["X-Submission-Id"])["method"] == "DELETE"
     deliver(worker)
     body = client.get("/api/v1/submissions?resource=Organization/org-1", headers=auth).get_json()
     assert [(s["method"], s["status"]) for s in body["submissions"]] == \

@@ -34,7 +34,9 @@ OID = re.compile(r"^\d+(\.\d+)+$")
 
 @blueprint.get("/.well-known/jwks.json")
 def jwks():
-    return jsonify(signing.jwks(services().settings.keys_path))
+    response = jsonify(signing.jwks(services().settings.keys_path))
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
 
 
 @blueprint.get("/api/v1/submissions/<sid>")

@@ -165,4 +165,6 @@ def delete(resource_type: str, rid: str):
     _spec(resource_type, "delete")
     result = services().resources.delete(resource_type, rid)
     headers = {"ETag": result.stored.etag} if result else {}
+    if result and result.submission:
+        headers["X-Submission-Id"] = result.submission
     return Response(status=204, headers=headers)
