@@ -571,3 +571,10 @@ def test_retry_of_a_dead_bundle_by_submission_id(client, auth, gateway, mock):
     again = client.post(f"/api/v1/admin/outbox/{sid}/retry", headers=auth).get_json()
     assert again["changed"] is False
     assert client.post("/api/v1/admin/outbox/nope/retry", headers=auth).status_code == 404
+
+
+def test_a_worker_name_fits_its_lease_column_whatever_the_host(gateway, keys, monkeypatch):
+    import socket
+    monkeypatch.setattr(socket, "gethostname", lambda: "pod-" + "x" * 59)
+    name = make_worker(gateway, "http://127.0.0.1:9/fhir").name
+    assert len(name) <= outbox_bundles.c.lease_owner.type.length

@@ -57,7 +57,9 @@ class Worker:
                                           settings.delivery_timeout)
         self.breaker = upstream.CircuitBreaker(settings.circuit_failures,
                                                settings.circuit_open_seconds)
-        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        # Fits outbox_bundles.lease_owner (64 characters) whatever the host: a name may
+        # have 63 (a Kubernetes pod's), and its end is what tells replicas apart.
+        self.name = name or f"{socket.gethostname()[-38:]}:{os.getpid()}:{id(self):x}"
         self.lease = timedelta(seconds=settings.delivery_timeout * 2 + 10)
         self.rng = random.Random()
         self.webhooks = WebhookSender(engine, settings)
