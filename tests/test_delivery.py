@@ -578,3 +578,28 @@ def test_a_worker_name_fits_its_lease_column_whatever_the_host(gateway, keys, mo
     monkeypatch.setattr(socket, "gethostname", lambda: "pod-" + "x" * 59)
     name = make_worker(gateway, "http://127.0.0.1:9/fhir").name
     assert len(name) <= outbox_bundles.c.lease_owner.type.length
+
+
+def test_a_clarification_is_answered_by_a_newer_version_and_is_no_longer_overdue(
+        client, auth, gateway, keys, tmp_path):
+    mock = start_mock(gateway, tmp_path, clarification_rate=1.0)
+    try:
+        org = data.organization(1)
+        asked = put(client, auth, org).headers["X-Submission-Id"]
+        worker = make_worker(gateway, mock.url)
+        deliver(worker)
+        from datetime import date
+        with gateway.engine.begin() as conn:
+            conn.execute(submissions_table.update().where(submissions_table.c.id == asked)
+                         .values(answer_due=date(2026, 1, 12)))
+        assert status_of(client, auth, asked)["overdue"] is True
+        org["name"] = "Клиника № 1 (уточнено)"
+        answer = put(client, auth, org).headers["X-Submission-Id"]
+        deliver(worker)
+    finally:
+        mock.stop()
+    found = status_of(client, auth, asked)
+    assert found["answered_by"] == answer
+    assert found["overdue"] is False
+    assert client.get("/api/v1/submissions?overdue=true", headers=auth).get_json()["count"] == 0
+    assert status_of(client, auth, answer)["status"] == "approved"

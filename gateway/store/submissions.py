@@ -180,8 +180,8 @@ def get(conn: Connection, sid: str) -> dict | None:
         return None
     events = conn.execute(select(submission_events).where(
         submission_events.c.submission_pk == row.pk).order_by(submission_events.c.pk)).all()
-    return describe(row, today=workdays.moscow_today(),
-                    history=[_event(e) for e in events])
+    return describe(row, today=workdays.moscow_today(), history=[_event(e) for e in events],
+                    answered_by=_answers(conn, [row]).get(row.pk))
 
 
 def search(conn: Connection, status: list[str] | None = None, since: datetime | None = None,
@@ -208,7 +208,9 @@ def search(conn: Connection, status: list[str] | None = None, since: datetime | 
     rows = conn.execute(query.limit(limit + 1)).all()
     more = len(rows) > limit
     rows = rows[:limit]
-    return [describe(r, today) for r in rows], (rows[-1].pk if more else None)
+    answers = _answers(conn, rows)
+    return [describe(r, today, answered_by=answers.get(r.pk)) for r in rows], \
+        (rows[-1].pk if more else None)
 
 
 def counts(conn: Connection) -> dict[str, int]:
@@ -218,21 +220,43 @@ def counts(conn: Connection) -> dict[str, int]:
 
 
 def _overdue_clause(today: date):
-    """Past the regulated time: the upstream's 5/10 working days, or the MIS's 3."""
+    """Past the regulated time: the upstream's 5/10 working days, or the MIS's 3 to
+    answer a clarification (answered by pushing a newer version of the resource)."""
+    newer = submissions.alias("newer")
+    answered = select(newer.c.pk).where(
+        newer.c.resource_type == submissions.c.resource_type,
+        newer.c.resource_id == submissions.c.resource_id,
+        newer.c.pk > submissions.c.pk).exists()
     return ((submissions.c.status.in_((ACCEPTED, PROCESSING))
              & (submissions.c.processing_due < today))
-            | ((submissions.c.status == CLARIFICATION) & (submissions.c.answer_due < today)))
+            | ((submissions.c.status == CLARIFICATION) & (submissions.c.answer_due < today)
+               & ~answered))
 
 
-def is_overdue(row, today: date) -> bool:
+def _answers(conn: Connection, rows) -> dict[int, str]:
+    """For submissions awaiting a clarification: the newer submission that answered it."""
+    asked = [r for r in rows if r.status == CLARIFICATION]
+    found: dict[int, str] = {}
+    for row in asked:
+        newer = conn.execute(select(submissions.c.id).where(
+            submissions.c.resource_type == row.resource_type,
+            submissions.c.resource_id == row.resource_id, submissions.c.pk > row.pk,
+        ).order_by(submissions.c.pk).limit(1)).scalar()
+        if newer:
+            found[row.pk] = newer
+    return found
+
+
+def is_overdue(row, today: date, answered: bool = False) -> bool:
     if row.status in (ACCEPTED, PROCESSING):
         return row.processing_due is not None and row.processing_due < today
-    if row.status == CLARIFICATION:
+    if row.status == CLARIFICATION and not answered:
         return row.answer_due is not None and row.answer_due < today
     return False
 
 
-def describe(row, today: date, history: list[dict] | None = None) -> dict:
+def describe(row, today: date, history: list[dict] | None = None,
+             answered_by: str | None = None) -> dict:
     """A submission as the API shows it."""
     body = {
         "id": row.id,
@@ -248,7 +272,8 @@ def describe(row, today: date, history: list[dict] | None = None) -> dict:
         "accepted": _instant(row.accepted_at),
         "processing_due": row.processing_due.isoformat() if row.processing_due else None,
         "answer_due": row.answer_due.isoformat() if row.answer_due else None,
-        "overdue": is_overdue(row, today),
+        "overdue": is_overdue(row, today, answered_by is not None),
+        "answered_by": answered_by,
         "depends_on": json.loads(row.depends_on),
     }
     if row.detail:
