@@ -70,7 +70,8 @@ def form(engine: Engine, now: datetime, batch_size: int,
         rows = sorted(rows + waiting, key=lambda r: r.pk)
         if not rows:
             return 0, next_after
-        candidates = bundles.adopt_owners([_resolved(conn, bundles.candidate(r))
+        known: dict[str, str | None] = {}         # one lookup per clinic OID per round
+        candidates = bundles.adopt_owners([_resolved(conn, bundles.candidate(r), known)
                                            for r in rows])
         for row, candidate in zip(rows, candidates, strict=True):
             if candidate.organization != row.organization:
@@ -78,8 +79,10 @@ def form(engine: Engine, now: datetime, batch_size: int,
                     organization=candidate.organization))
         plan = bundles.plan(candidates, _first_pending(conn, candidates),
                             _dependency_status(conn, candidates), batch_size)
+        current = {r.pk: r.detail for r in rows}
         for pk, reason in plan.waiting.items():
-            subs.set_waiting(conn, pk, reason, now)
+            if subs.encode(reason) != current[pk]:      # write only what changed
+                subs.set_waiting(conn, pk, reason, now)
         for members in plan.bundles:
             identifier = f"urn:uuid:{uuid.uuid4()}"
             contents = _contents(conn, members)
@@ -96,12 +99,15 @@ def form(engine: Engine, now: datetime, batch_size: int,
         return len(plan.bundles), next_after
 
 
-def _resolved(conn: Connection, candidate: bundles.Candidate) -> bundles.Candidate:
+def _resolved(conn: Connection, candidate: bundles.Candidate,
+              known: dict[str, str | None]) -> bundles.Candidate:
     """Logical dependencies (a clinic named by its ФРМО OID) as `Type/id` once known."""
     depends_on = []
     for dependency in candidate.depends_on:
         logical = routing.logical(dependency)
-        found = subs.resolve(conn, dependency) if logical else None
+        if logical and dependency not in known:
+            known[dependency] = subs.resolve(conn, dependency)
+        found = known.get(dependency) if logical else None
         depends_on.append(f"{logical[0]}/{found}" if found else dependency)
     return dataclasses.replace(candidate, depends_on=tuple(depends_on))
 

@@ -148,7 +148,7 @@ def transition(conn: Connection, pks: list[int], status: str, now: datetime,
     if status == ACCEPTED:
         values.setdefault("accepted_at", now)
         values.setdefault("processing_due", workdays.processing_due(now))
-    encoded = json.dumps(detail, ensure_ascii=False) if detail is not None else None
+    encoded = encode(detail)
     for row in moved:
         extra = dict(values)
         if status == CLARIFICATION:
@@ -166,10 +166,13 @@ def transition(conn: Connection, pks: list[int], status: str, now: datetime,
 
 def set_waiting(conn: Connection, pk: int, waiting: dict | None, now: datetime) -> None:
     """Say why a queued submission waits (a dependency not yet approved), or clear it."""
-    encoded = json.dumps(waiting, ensure_ascii=False) if waiting else None
-    conn.execute(update(submissions).where(
-        submissions.c.pk == pk, submissions.c.detail.is_distinct_from(encoded)
-    ).values(detail=encoded, updated_at=now))
+    conn.execute(update(submissions).where(submissions.c.pk == pk).values(
+        detail=encode(waiting), updated_at=now))
+
+
+def encode(detail: dict | None) -> str | None:
+    """A detail as stored (compared as text to tell whether it changed)."""
+    return json.dumps(detail, ensure_ascii=False) if detail else None
 
 
 # --- reading --------------------------------------------------------------------------
