@@ -1,8 +1,21 @@
-"""The CapabilityStatement, generated from the same registry that routes requests."""
+"""The CapabilityStatement, generated from the same registry that routes requests.
+
+Search parameters, includes and modifiers come from `gateway.registry` and
+`gateway.search.params`, the tables the search code itself reads.
+"""
 from __future__ import annotations
 
 from gateway.api.negotiation import PRODUCED
-from gateway.registry import RESOURCE_TYPES, SYSTEM_INTERACTIONS
+from gateway.registry import RESOURCE_TYPES, SYSTEM_INTERACTIONS, includes, revincludes
+from gateway.search.params import DEFAULT_COUNT, KIND_NOTES, MAX_COUNT
+
+SEARCH_NOTES = (
+    f"Search: GET [type]?… or POST [type]/_search (form). Comma = OR, repeated parameter = "
+    f"AND; _sort (several keys, -key descending), _count (default {DEFAULT_COUNT}, at most "
+    f"{MAX_COUNT}: larger values are lowered, with a warning in the Bundle), "
+    "_total=accurate|none, _summary=true|text|data|count|false, _elements, _include, "
+    "_revinclude, chained parameters one level deep. Unknown parameters are refused (400) "
+    "unless Prefer: handling=lenient. Pages are linked by opaque cursors (next, previous).")
 
 SOFTWARE_VERSION = "0.1.0"
 RELEASE_DATE = "2026-11-23"
@@ -24,6 +37,7 @@ def statement(base_url: str) -> dict:
             "mode": "server",
             "security": {"description": "Authorization: Bearer <token>, issued by "
                                         "`gateway clients create`."},
+            "documentation": SEARCH_NOTES,
             "resource": [_resource(spec) for spec in RESOURCE_TYPES.values()],
             "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
         }],
@@ -43,5 +57,21 @@ def _resource(spec) -> dict:
         "conditionalDelete": "not-supported",
     }
     if "search-type" in spec.interactions:
-        entry["searchParam"] = [{"name": p.name, "type": p.kind} for p in spec.search]
+        included = [f"{source}:{p.name}" for source, p in includes(spec.name)]
+        revincluded = [f"{source}:{p.name}" for source, p in revincludes(spec.name)]
+        if included:
+            entry["searchInclude"] = included
+        if revincluded:
+            entry["searchRevInclude"] = revincluded
+        entry["searchParam"] = [_search_param(p) for p in spec.search]
     return entry
+
+
+def _search_param(param) -> dict:
+    notes = {"_id": "an id, or several separated by commas",
+             "_lastUpdated": KIND_NOTES["date"].rsplit(";", 1)[0]}.get(param.name) \
+        or KIND_NOTES[param.kind]
+    if param.kind == "reference" and param.targets:
+        notes = f"to {', '.join(param.targets)}; {notes}"
+    return {"name": param.name, "type": param.kind,
+            "documentation": f"{param.description + '. ' if param.description else ''}{notes}"}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from decimal import Decimal
 from functools import cache
 
@@ -34,6 +35,43 @@ def model_class(resource_type: str):
     except (KeyError, ValueError, AttributeError):
         return None
     return cls if cls.has_resource_base() else None
+
+
+@dataclass(frozen=True)
+class Elements:
+    """The top-level elements of a resource type, by their JSON names.
+
+    `choice` maps each choice element's JSON name to its stem (`effectiveDateTime`
+    -> `effective`); `required` holds mandatory elements and the stems of
+    mandatory choices; `summary` the elements that `_summary=true` keeps.
+    """
+
+    names: tuple[str, ...]
+    choice: dict[str, str]
+    required: frozenset[str]
+    summary: frozenset[str]
+
+
+@cache
+def elements(resource_type: str) -> Elements | None:
+    cls = model_class(resource_type)
+    if cls is None:
+        return None
+    names, choice, required = [], {}, set()
+    for name, info in cls.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if not extra.get("element_property"):
+            continue
+        alias = info.alias or name
+        names.append(alias)
+        if extra.get("one_of_many"):
+            choice[alias] = str(extra["one_of_many"])
+        if extra.get("one_of_many_required"):
+            required.add(str(extra["one_of_many"]))
+        elif info.is_required() or extra.get("element_required"):
+            required.add(alias)
+    return Elements(tuple(names), choice, frozenset(required),
+                    frozenset(cls.summary_elements_sequence()))
 
 
 # --- reading bodies -------------------------------------------------------------

@@ -8,6 +8,10 @@ write time.
 A search parameter's `paths` are element paths from the resource root; `[x]`
 marks a choice element (`effective[x]` finds effectiveDateTime or
 effectivePeriod). `targets` limits a reference parameter to some resource types.
+`_id` and `_lastUpdated` have no paths: they are columns of the resource row, not
+index rows. `gateway.search` implements exactly the parameters listed here, for
+the types whose interactions include `search-type`; `_include`/`_revinclude`
+accept every reference parameter, and `/fhir/metadata` says so.
 """
 from __future__ import annotations
 
@@ -34,15 +38,19 @@ class ResourceType:
         return next((p for p in self.search if p.name == name), None)
 
 
-WRITE = ("read", "vread", "update", "delete", "history-instance", "create")
-READ_ONLY = ("read", "vread", "history-instance")
+WRITE = ("read", "vread", "update", "delete", "history-instance", "create", "search-type")
+READ_ONLY = ("read", "vread", "history-instance", "search-type")
 
 
 def _p(name, kind, *paths, targets=(), description=""):
     return SearchParam(name, kind, tuple(paths), tuple(targets), description)
 
 
-COMMON = (
+RESOURCE = (       # every type: columns of the resource row
+    _p("_id", "token", description="Logical id of the resource"),
+    _p("_lastUpdated", "date", description="When the resource version was stored"),
+)
+COMMON = RESOURCE + (
     _p("identifier", "token", "identifier", description="A business identifier"),
 )
 
@@ -101,7 +109,7 @@ RESOURCE_TYPES: dict[str, ResourceType] = {rt.name: rt for rt in (
         _p("date", "date", "effective[x]"),
         _p("value-quantity", "quantity", "valueQuantity"),
     )),
-    ResourceType("Provenance", READ_ONLY, (
+    ResourceType("Provenance", READ_ONLY, RESOURCE + (   # R4 Provenance has no identifier
         _p("target", "reference", "target"),
     ), conditional=False),
 )}
@@ -111,3 +119,22 @@ SYSTEM_INTERACTIONS = ("transaction", "batch")
 
 def resource_type(name: str) -> ResourceType | None:
     return RESOURCE_TYPES.get(name)
+
+
+def searchable(name: str) -> ResourceType | None:
+    """The type if it offers search (`search-type`), else None."""
+    spec = RESOURCE_TYPES.get(name)
+    return spec if spec is not None and "search-type" in spec.interactions else None
+
+
+def includes(name: str) -> tuple[tuple[str, SearchParam], ...]:
+    """(source type, reference parameter) pairs `_include` accepts on a search of `name`."""
+    spec = searchable(name)
+    return tuple((name, p) for p in spec.search if p.kind == "reference") if spec else ()
+
+
+def revincludes(name: str) -> tuple[tuple[str, SearchParam], ...]:
+    """(source type, reference parameter) pairs that can point at `name` (`_revinclude`)."""
+    return tuple((source, p) for source in RESOURCE_TYPES if searchable(source)
+                 for p in RESOURCE_TYPES[source].search
+                 if p.kind == "reference" and (not p.targets or name in p.targets))

@@ -22,7 +22,7 @@ from gateway.issues import Issue, has_errors, operation_outcome
 from gateway.registry import RESOURCE_TYPES
 from gateway.store import submissions
 from gateway.store.repository import Store, Stored, WriteResult, check_id, instant
-from gateway.validation import identifiers, systems
+from gateway.validation import systems
 from gateway.validation.context import ValidationContext
 
 Condition = list[tuple[str, str | None, str]]
@@ -167,7 +167,7 @@ def parse_condition(query: str) -> Condition:
             condition.append(("_id", None, value))
         elif name == "identifier":
             system, _, code = value.partition("|") if "|" in value else (None, "", value)
-            condition.append(("identifier", *_normalised_identifier(system, code)))
+            condition.append(("identifier", *systems.normalised_identifier(system, code)))
         else:
             raise InvalidRequest(
                 f"Условие по параметру «{name}» не поддерживается: используйте identifier "
@@ -176,20 +176,6 @@ def parse_condition(query: str) -> Condition:
     if not condition:
         raise InvalidRequest("Пустое условие условной операции.", "Empty condition.")
     return condition
-
-
-def _normalised_identifier(system: str | None, code: str) -> tuple[str | None, str]:
-    if not system:
-        return system or None, code
-    preferred = systems.preferred_system(system, code)
-    checkers = {systems.SNILS: identifiers.snils, systems.INN_PERSON: identifiers.inn_person,
-                systems.INN_ORGANIZATION: identifiers.inn_organization,
-                systems.OGRN: identifiers.ogrn, systems.PASSPORT: identifiers.passport}
-    try:
-        code = checkers[preferred](code) if preferred in checkers else code
-    except identifiers.InvalidValue:
-        pass
-    return preferred, code
 
 
 # --- Bundle helpers -------------------------------------------------------------------

@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 
 from gateway.mapping.loader import Mapping
 from gateway.resources import Resources
+from gateway.search import cursor
 from gateway.settings import Settings
 from gateway.store.repository import Store
 from gateway.validation import terminology
@@ -35,6 +36,14 @@ class Services:
     @cached_property
     def resources(self) -> Resources:
         return Resources(self.store, self.validation_context)
+
+    @cached_property
+    def search_secret(self) -> bytes:
+        """The key that signs search cursors: configured, or kept in the data directory."""
+        configured = self.settings.search_cursor_secret
+        if configured:
+            return configured.encode("utf-8")
+        return cursor.load_secret(self.settings.data_path / "search-cursor.key")
 
 
 def services() -> Services:

@@ -47,6 +47,7 @@ class Settings:
     circuit_open_seconds: float
     mock_clarification_rate: float
     mock_processing_delay: float
+    search_cursor_secret: str
 
     @property
     def keys_path(self) -> Path:

@@ -344,7 +344,8 @@ def test_a_unit_code_outside_the_units_book_is_refused(post):
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-def test_search_is_not_offered_yet_and_says_so(client, auth):
+def test_search_is_offered_as_searchset_bundles(client, auth, created):
     response = client.get("/fhir/Practitioner", headers=auth)
-    assert response.status_code == 405
-    assert response.json["resourceType"] == "OperationOutcome"
+    assert response.status_code == 200
+    assert response.json["type"] == "searchset"
+    assert [e["resource"]["id"] for e in response.json["entry"]] == [created["id"]]

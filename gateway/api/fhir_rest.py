@@ -1,16 +1,16 @@
-"""The FHIR REST endpoints (base `/fhir`): thin glue between HTTP and the write path.
+"""The FHIR REST endpoints (base `/fhir`): thin glue between HTTP, the write path and search.
 
-Each view reads the request (negotiation), calls `Resources` or the store, and
-renders; it never builds an error itself. Which types and interactions exist
-comes from `gateway.registry`, as does the CapabilityStatement.
+Each view reads the request (negotiation), calls `Resources`, the store or
+`gateway.search`, and renders; it never builds an error itself. Which types and
+interactions exist comes from `gateway.registry`, as does the CapabilityStatement.
 """
 from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
-from gateway import capability
+from gateway import capability, search
 from gateway.api import negotiation
-from gateway.errors import InvalidRequest, MethodNotAllowed, NotFound
+from gateway.errors import InvalidRequest, MethodNotAllowed, NotFound, UnsupportedMediaType
 from gateway.registry import RESOURCE_TYPES, ResourceType
 from gateway.resources import etag_version
 from gateway.services import services
@@ -87,6 +87,36 @@ def bundle():
 
 
 # --- type level ---------------------------------------------------------------------
+
+@blueprint.get("/<resource_type>")
+def search_type(resource_type: str):
+    _spec(resource_type, "search-type")
+    return _search(resource_type, list(request.args.items(multi=True)))
+
+
+@blueprint.post("/<resource_type>/_search")
+def search_form(resource_type: str):
+    """Search with the parameters in a form body (and the query string), as FHIR allows."""
+    _spec(resource_type, "search-type")
+    if request.mimetype != "application/x-www-form-urlencoded":
+        raise UnsupportedMediaType(
+            "POST …/_search принимает параметры как application/x-www-form-urlencoded.",
+            "POST …/_search takes its parameters as application/x-www-form-urlencoded.")
+    return _search(resource_type, list(request.args.items(multi=True))
+                   + list(request.form.items(multi=True)))
+
+
+def _search(resource_type: str, pairs: list[tuple[str, str]]) -> Response:
+    given_format = next((value for name, value in pairs if name == "_format"), None)
+    media_type = negotiation.response_type(request, given_format)
+    found = services()
+    with found.store.snapshot() as conn:
+        bundle = search.search(conn, resource_type, pairs,
+                               lenient=negotiation.prefers_lenient(request),
+                               secret=found.search_secret, base=_base(),
+                               keep=(("_format", given_format),) if given_format else ())
+    return negotiation.render(bundle, media_type)
+
 
 @blueprint.post("/<resource_type>")
 def create(resource_type: str):

@@ -20,16 +20,19 @@ PRODUCED = ("application/fhir+json", "application/json", "application/fhir+xml",
             "application/xml", "text/xml")
 
 
-def response_type(request: Request) -> str:
-    """The media type to answer in: `_format`, else the best of Accept, else FHIR JSON."""
-    wanted = request.args.get("_format")
-    if wanted:
-        wanted = FORMAT_ALIASES.get(wanted, wanted.split(";")[0].strip())
+def response_type(request: Request, given_format: str | None = None) -> str:
+    """The media type to answer in: `_format`, else the best of Accept, else FHIR JSON.
+
+    `given_format` is a `_format` found elsewhere than the query (a search form body).
+    """
+    given = given_format or request.args.get("_format")
+    if given:
+        wanted = FORMAT_ALIASES.get(given, given.split(";")[0].strip())
         if wanted in PRODUCED:
             return wanted
-        raise NotAcceptable(f"Формат «{request.args.get('_format')}» не поддерживается: "
+        raise NotAcceptable(f"Формат «{given[:100]}» не поддерживается: "
                             "используйте json или xml.",
-                            f"_format {request.args.get('_format')!r} is not supported.")
+                            f"_format {given[:100]!r} is not supported.")
     accept = request.accept_mimetypes
     if not accept or accept.best in ("*/*", "application/*"):
         return "application/fhir+json"
@@ -39,6 +42,12 @@ def response_type(request: Request) -> str:
                             "в application/fhir+json или application/fhir+xml.",
                             f"Cannot produce any of Accept: {request.headers.get('Accept')}.")
     return best
+
+
+def prefers_lenient(request: Request) -> bool:
+    """`Prefer: handling=lenient` (RFC 7240): ignore unknown search parameters."""
+    preferences = request.headers.get("Prefer", "").replace(";", ",").split(",")
+    return any(p.strip().lower().replace(" ", "") == "handling=lenient" for p in preferences)
 
 
 def is_xml(media_type: str) -> bool:

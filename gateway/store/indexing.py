@@ -104,11 +104,20 @@ def _strings(value) -> list[tuple]:
 def _references(value) -> list[tuple]:
     if not isinstance(value, dict) or not isinstance(value.get("reference"), str):
         return []
-    ref = value["reference"].split("/_history/")[0]
+    return [reference_key(value["reference"])]
+
+
+def reference_key(reference: str) -> tuple[str | None, str]:
+    """(type, id) of a literal reference, as the index keeps it (search looks up the same).
+
+    `Practitioner/1`, `http://host/fhir/Practitioner/1` and `Practitioner/1/_history/2`
+    all give ("Practitioner", "1"); a bare `1` gives (None, "1").
+    """
+    ref = reference.split("/_history/")[0]
     parts = ref.rstrip("/").split("/")
     if len(parts) >= 2:
-        return [(parts[-2], parts[-1])]
-    return [(None, parts[-1])]
+        return parts[-2][:64], parts[-1][:255]
+    return None, parts[-1][:255]
 
 
 def _quantities(value) -> list[tuple]:

@@ -90,6 +90,19 @@ class Store:
             with conn.begin():
                 yield conn
 
+    @contextmanager
+    def snapshot(self):
+        """One consistent read of several statements (a search page, its total, its includes).
+
+        PostgreSQL: a REPEATABLE READ transaction, one snapshot for all statements.
+        SQLite (WAL): a read transaction already sees one snapshot from its first read.
+        """
+        with self.engine.connect() as conn:
+            if not self.sqlite:
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield conn
+
     def run_write(self, work: Callable[[Connection], object]):
         """Run `work(conn)` in a write transaction, retrying lost races."""
         for attempt in range(RETRIES):

@@ -5,7 +5,8 @@
 - `resource_versions`: every version ever written, content included; `seq` is a
   global change sequence, so history and incremental sync read in write order.
 - `search_*`: values extracted at write time from the current version (tokens,
-  strings, dates, references, quantities), so search never parses JSON.
+  strings, dates, references, quantities), so search never parses JSON; each is
+  read through its (resource_type, param, value...) index.
 - `clients`: API clients; only a hash of each bearer token is kept.
 - `submissions`: the durable outbox. Every accepted change of a resource adds one
   row in the same transaction as the change; it is also what the MIS follows
@@ -117,6 +118,11 @@ search_quantity = _index_table(
     Column("code", String(255), nullable=True),
     lookup=("value",),
 )
+
+# String prefix search compares in binary order (gateway.search.query); on PostgreSQL
+# this index serves it whatever the database collation (migration 0003).
+Index("ix_search_string_binary", search_string.c.resource_type, search_string.c.param,
+      search_string.c.value.collate("C")).ddl_if(dialect="postgresql")
 
 INDEX_TABLES = {
     "token": search_token,

@@ -6,6 +6,8 @@ alias, applies the same check, and writes the preferred system (DOMAIN.md).
 """
 from __future__ import annotations
 
+from gateway.validation import identifiers
+
 SNILS = "urn:oid:1.2.643.2.69.1.1.1.6.223"
 INN_ORGANIZATION = "urn:oid:1.2.643.100.4"
 INN_PERSON = "urn:oid:1.2.643.3.131.1.1"
@@ -46,3 +48,23 @@ def preferred_system(system: str | None, value: str | None = None) -> str | None
         digits = "".join(ch for ch in (value or "") if ch.isdigit())
         return INN_PERSON if len(digits) == 12 else INN_ORGANIZATION
     return ALIASES.get(system, system)
+
+
+def normalised_identifier(system: str | None, value: str) -> tuple[str | None, str]:
+    """An identifier as the store keeps it: preferred system, value in its normal form.
+
+    Conditional writes and search look identifiers up this way, so
+    `urn:oid:1.2.643.100.3|112-233-445 95` finds the stored СНИЛС `11223344595`.
+    A value that fails its check is looked up as given (it simply finds nothing).
+    """
+    if not system:
+        return None, value
+    preferred = preferred_system(system, value)
+    checkers = {SNILS: identifiers.snils, INN_PERSON: identifiers.inn_person,
+                INN_ORGANIZATION: identifiers.inn_organization,
+                OGRN: identifiers.ogrn, PASSPORT: identifiers.passport}
+    try:
+        value = checkers[preferred](value) if preferred in checkers else value
+    except identifiers.InvalidValue:
+        pass
+    return preferred, value
