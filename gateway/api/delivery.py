@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from flask import Blueprint, g, jsonify, request
 
@@ -68,8 +68,7 @@ def submission_list():
     if cursor is not None:
         query = request.args.to_dict(flat=False)
         query["cursor"] = [str(cursor)]
-        body["next"] = request.base_url + "?" + "&".join(
-            f"{k}={v}" for k, values in query.items() for v in values)
+        body["next"] = request.base_url + "?" + urlencode(query, doseq=True)
     return jsonify(body)
 
 

@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from gateway.delivery import bundles, routing
 from gateway.store import submissions as subs
+from gateway.store.clock import optional_instant
 from gateway.store.schema import outbox_bundles, resource_versions, submissions
 
 PENDING = "pending"          # due at next_attempt_at
@@ -327,8 +328,8 @@ def list_bundles(engine: Engine, state: str | None = None, limit: int = 100) -> 
     return [{"identifier": r.identifier, "destination": r.destination,
              "organization": r.organization, "state": r.state, "attempts": r.attempts,
              "records": r.records, "ticket": r.ticket, "last_error": r.last_error,
-             "next_attempt_at": _instant(r.next_attempt_at),
-             "created": _instant(r.created_at), "updated": _instant(r.updated_at)}
+             "next_attempt_at": optional_instant(r.next_attempt_at),
+             "created": optional_instant(r.created_at), "updated": optional_instant(r.updated_at)}
             for r in rows]
 
 
@@ -379,7 +380,3 @@ def _revive(conn: Connection, pk: int, now: datetime) -> None:
     subs.transition(conn, subs.pks_of_bundle(conn, pk), subs.QUEUED, now,
                     {"reason_ru": "Возвращено в очередь оператором.",
                      "reason_en": "Requeued by an operator."}, only_from=(subs.DEAD,))
-
-
-def _instant(moment: datetime | None) -> str | None:
-    return moment.isoformat(timespec="milliseconds") + "+00:00" if moment else None

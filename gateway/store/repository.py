@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import and_, delete, func, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine
@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from gateway.errors import Conflict, Gone, InvalidRequest, NotFound, PreconditionFailed
 from gateway.store import indexing, submissions
+from gateway.store.clock import instant, utcnow
 from gateway.store.schema import INDEX_TABLES, resource_versions, resources, search_token
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -62,16 +63,6 @@ class WriteResult:
     stored: Stored
     outcome: str          # created | updated | unchanged | deleted | matched
     submission: str | None = None   # the outbox entry of this change (or the latest one)
-
-
-def utcnow() -> datetime:
-    """Now in UTC, at the millisecond precision that meta.lastUpdated shows."""
-    now = datetime.now(UTC).replace(tzinfo=None)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
-
-
-def instant(moment: datetime) -> str:
-    return moment.isoformat(timespec="milliseconds") + "+00:00"
 
 
 class Store:

@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection
 from gateway import workdays
 from gateway.delivery import routing
 from gateway.store import webhooks
+from gateway.store.clock import instant, optional_instant
 from gateway.store.schema import resources, search_token, submission_events, submissions
 
 QUEUED = "queued"
@@ -270,9 +271,9 @@ def describe(row, today: date, history: list[dict] | None = None,
         "organization": row.organization,
         "status": row.status,
         "status_ru": LABELS_RU[row.status],
-        "created": _instant(row.created_at),
-        "updated": _instant(row.updated_at),
-        "accepted": _instant(row.accepted_at),
+        "created": optional_instant(row.created_at),
+        "updated": optional_instant(row.updated_at),
+        "accepted": optional_instant(row.accepted_at),
         "processing_due": row.processing_due.isoformat() if row.processing_due else None,
         "answer_due": row.answer_due.isoformat() if row.answer_due else None,
         "overdue": is_overdue(row, today, answered_by is not None),
@@ -287,14 +288,10 @@ def describe(row, today: date, history: list[dict] | None = None,
 
 
 def _event(row) -> dict:
-    event = {"status": row.status, "status_ru": LABELS_RU[row.status], "at": _instant(row.at)}
+    event = {"status": row.status, "status_ru": LABELS_RU[row.status], "at": instant(row.at)}
     if row.detail:
         event["detail"] = json.loads(row.detail)
     return event
-
-
-def _instant(moment: datetime | None) -> str | None:
-    return moment.isoformat(timespec="milliseconds") + "+00:00" if moment else None
 
 
 def pks_of_bundle(conn: Connection, bundle_pk: int) -> list[int]:

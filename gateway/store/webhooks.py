@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
+from gateway.store.clock import instant
 from gateway.store.schema import submissions, webhook_deliveries, webhooks
 
 PENDING = "pending"
@@ -62,7 +63,7 @@ def enqueue(conn: Connection, submission_pks: list[int], now: datetime) -> None:
         "payload": json.dumps({
             "event": "submission.status", "submission": r.id,
             "resource": f"{r.resource_type}/{r.resource_id}", "version": r.version,
-            "status": r.status, "at": now.isoformat(timespec="milliseconds") + "+00:00",
+            "status": r.status, "at": instant(now),
             **({"detail": json.loads(r.detail)} if r.detail else {}),
         }, ensure_ascii=False)} for r in rows])
 
