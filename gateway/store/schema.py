@@ -3,7 +3,9 @@
 - `resources`: one row per logical resource: its current version and whether it
   is deleted. The row is what concurrent writers lock.
 - `resource_versions`: every version ever written, content included; `seq` is a
-  global change sequence, so history and incremental sync read in write order.
+  global change sequence, so history and incremental sync read in commit order.
+- `change_clock`: the time of the latest change, locked by every write
+  transaction (see gateway.store.repository, "Change order").
 - `search_*`: values extracted at write time from the current version (tokens,
   strings, dates, references, quantities), so search never parses JSON; each is
   read through its (resource_type, param, value...) index.
@@ -73,6 +75,15 @@ resource_versions = Table(
     Column("content", Text, nullable=True),
     UniqueConstraint("resource_pk", "version"),
     Index(None, "resource_type", "seq"),
+    Index(None, "last_updated"),
+)
+
+# One row: the time of the latest change. Write transactions lock it first, so they
+# commit in the order of the (unique, increasing) times they take from it.
+change_clock = Table(
+    "change_clock", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("last_updated", DateTime, nullable=False),
 )
 
 
