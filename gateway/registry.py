@@ -38,8 +38,9 @@ class ResourceType:
         return next((p for p in self.search if p.name == name), None)
 
 
-WRITE = ("read", "vread", "update", "delete", "history-instance", "create", "search-type")
-READ_ONLY = ("read", "vread", "history-instance", "search-type")
+WRITE = ("read", "vread", "update", "delete", "history-instance", "history-type", "create",
+         "search-type")
+READ_ONLY = ("read", "vread", "history-instance", "history-type", "search-type")
 
 
 def _p(name, kind, *paths, targets=(), description=""):
@@ -114,7 +115,7 @@ RESOURCE_TYPES: dict[str, ResourceType] = {rt.name: rt for rt in (
     ), conditional=False),
 )}
 
-SYSTEM_INTERACTIONS = ("transaction", "batch")
+SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system")
 
 
 def resource_type(name: str) -> ResourceType | None:

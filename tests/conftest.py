@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from lxml import etree
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -53,6 +54,13 @@ def postgres_database():
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def fhir_schema():
+    """The official FHIR R4 XML schema (fixtures/xsd), to validate XML responses against."""
+    parser = etree.XMLParser(no_network=True, resolve_entities=False)
+    return etree.XMLSchema(etree.parse(str(FIXTURES / "xsd" / "fhir-single.xsd"), parser))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

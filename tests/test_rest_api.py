@@ -207,12 +207,6 @@ def test_conditional_on_an_unsupported_parameter_is_400(post, practitioner):
 
 # --- formats ---------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def fhir_schema():
-    parser = etree.XMLParser(no_network=True, resolve_entities=False)
-    return etree.XMLSchema(etree.parse(str(FIXTURES / "xsd" / "fhir-single.xsd"), parser))
-
-
 def test_xml_output_validates_against_the_official_schema(client, auth, created, fhir_schema):
     response = client.get(f"/fhir/Practitioner/{created['id']}",
                           headers={**auth, "Accept": "application/fhir+xml"})
@@ -275,7 +269,8 @@ def test_capability_statement_comes_from_the_registry(client):
     assert set(served) == set(RESOURCE_TYPES)
     for name, spec in RESOURCE_TYPES.items():
         assert [i["code"] for i in served[name]["interaction"]] == list(spec.interactions)
-    assert {i["code"] for i in statement["rest"][0]["interaction"]} == {"transaction", "batch"}
+    assert {i["code"] for i in statement["rest"][0]["interaction"]} == \
+        {"transaction", "batch", "history-system"}
 
 
 def test_an_interaction_the_statement_does_not_list_is_405(client, auth):

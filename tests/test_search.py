@@ -841,12 +841,6 @@ def test_search_needs_a_token_and_a_known_type(client, auth):
 
 # --- XML -------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def fhir_schema():
-    parser = etree.XMLParser(no_network=True, resolve_entities=False)
-    return etree.XMLSchema(etree.parse(str(FIXTURES / "xsd" / "fhir-single.xsd"), parser))
-
-
 @pytest.mark.parametrize("query", [
     "PractitionerRole?_include=PractitionerRole:practitioner&_include=PractitionerRole:"
     "organization&_count=1",

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
-from gateway import capability, search
+from gateway import capability, history, search
 from gateway.api import negotiation
 from gateway.errors import InvalidRequest, MethodNotAllowed, NotFound, UnsupportedMediaType
 from gateway.registry import RESOURCE_TYPES, ResourceType
 from gateway.resources import etag_version
 from gateway.services import services
-from gateway.store.repository import Stored, WriteResult, instant
+from gateway.store.repository import Stored, WriteResult
 
 blueprint = Blueprint("fhir", __name__)
 
@@ -72,6 +72,11 @@ def metadata():
     return _reply(capability.statement(_base()))
 
 
+@blueprint.get("/_history")
+def history_system():
+    return _history(None, None)
+
+
 @blueprint.post("")
 @blueprint.post("/")
 def bundle():
@@ -118,6 +123,25 @@ def _search(resource_type: str, pairs: list[tuple[str, str]]) -> Response:
     return negotiation.render(bundle, media_type)
 
 
+@blueprint.get("/<resource_type>/_history")
+def history_type(resource_type: str):
+    _spec(resource_type, "history-type")
+    return _history(resource_type, None)
+
+
+def _history(resource_type: str | None, rid: str | None) -> Response:
+    pairs = list(request.args.items(multi=True))
+    given_format = request.args.get("_format")
+    media_type = negotiation.response_type(request)
+    found = services()
+    with found.store.snapshot() as conn:
+        bundle = history.history(conn, resource_type, rid, pairs,
+                                 lenient=negotiation.prefers_lenient(request),
+                                 secret=found.search_secret, base=_base(),
+                                 keep=(("_format", given_format),) if given_format else ())
+    return negotiation.render(bundle, media_type)
+
+
 @blueprint.post("/<resource_type>")
 def create(resource_type: str):
     _spec(resource_type, "create")
@@ -160,25 +184,9 @@ def vread(resource_type: str, rid: str, vid: str):
 
 
 @blueprint.get("/<resource_type>/<rid>/_history")
-def history(resource_type: str, rid: str):
+def history_instance(resource_type: str, rid: str):
     _spec(resource_type, "history-instance")
-    versions = services().store.history(resource_type, rid)
-    base = _base()
-    entries = []
-    for stored in versions:
-        entry: dict = {"fullUrl": f"{base}/{resource_type}/{rid}"}
-        if stored.content is not None:
-            entry["resource"] = stored.content
-        entry["request"] = {"method": "DELETE" if stored.deleted else
-                            ("POST" if stored.version == 1 else "PUT"),
-                            "url": resource_type if stored.version == 1 and not stored.deleted
-                            else f"{resource_type}/{rid}"}
-        entry["response"] = {"status": "204" if stored.deleted else
-                             ("201" if stored.version == 1 else "200"),
-                             "etag": stored.etag, "lastModified": instant(stored.last_updated)}
-        entries.append(entry)
-    return _reply({"resourceType": "Bundle", "type": "history", "total": len(entries),
-                   "entry": entries})
+    return _history(resource_type, rid)
 
 
 @blueprint.put("/<resource_type>/<rid>")

@@ -57,9 +57,6 @@ def search(conn: Connection, resource_type: str, pairs: list[tuple[str, str]], *
                                  "A paging cursor carries its query; send it alone "
                                  f"(found also: {', '.join(others) or CURSOR}).",
                                  expression=CURSOR)
-        if len(tokens[0]) > 16000:
-            raise InvalidRequest("Курсор страницы слишком длинный.", "Cursor too long.",
-                                 expression=CURSOR)
         found = cursor.decode(tokens[0], secret, resource_type)
         request, position = parse(resource_type, list(found.query)), found.position
         if len(position.keys) != len(request.sort):

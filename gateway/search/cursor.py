@@ -46,16 +46,42 @@ class Cursor:
 
 def encode(cursor: Cursor, secret: bytes) -> str:
     position = cursor.position
-    payload = {"v": VERSION, "t": cursor.resource_type, "q": [list(p) for p in cursor.query],
-               "d": position.direction, "k": [_key_out(k) for k in position.keys],
-               "p": position.pk, "i": position.inclusive}
+    return seal({"v": VERSION, "t": cursor.resource_type,
+                 "q": [list(p) for p in cursor.query], "d": position.direction,
+                 "k": [_key_out(k) for k in position.keys], "p": position.pk,
+                 "i": position.inclusive}, secret)
+
+
+def decode(token: str, secret: bytes, resource_type: str) -> Cursor:
+    """The cursor, or InvalidRequest if it was altered, truncated or is for another type."""
+    payload = unseal(token, secret)
+    try:
+        cursor = Cursor(payload["t"], tuple((str(n), str(v)) for n, v in payload["q"]),
+                        Position(payload["d"], tuple(_key_in(k) for k in payload["k"]),
+                                 int(payload["p"]), bool(payload["i"])))
+    except (ValueError, KeyError, TypeError):
+        raise refused() from None
+    if payload.get("v") != VERSION or cursor.position.direction not in ("next", "previous"):
+        raise refused()
+    if cursor.resource_type != resource_type:
+        raise InvalidRequest("Курсор страницы относится к поиску другого типа ресурсов.",
+                             f"The cursor belongs to a search of {cursor.resource_type}, "
+                             f"not {resource_type}.", expression="_cursor")
+    return cursor
+
+
+def seal(payload: dict, secret: bytes) -> str:
+    """A JSON payload as an opaque token: compressed, base64url, HMAC-tagged."""
     body = zlib.compress(json.dumps(payload, ensure_ascii=False,
                                     separators=(",", ":")).encode("utf-8"))
     return _b64(body) + "." + _b64(_tag(secret, body))
 
 
-def decode(token: str, secret: bytes, resource_type: str) -> Cursor:
-    """The cursor, or InvalidRequest if it was altered, truncated or is for another type."""
+def unseal(token: str, secret: bytes) -> dict:
+    """The payload of a token `seal` made, or InvalidRequest if anything was altered."""
+    if len(token) > 16000:
+        raise InvalidRequest("Курсор страницы слишком длинный.", "Cursor too long.",
+                             expression="_cursor")
     body_text, _, tag_text = token.partition(".")
     try:
         body, tag = _unb64(body_text), _unb64(tag_text)
@@ -65,18 +91,11 @@ def decode(token: str, secret: bytes, resource_type: str) -> Cursor:
         raise refused()
     try:
         payload = json.loads(zlib.decompress(body))
-        cursor = Cursor(payload["t"], tuple((str(n), str(v)) for n, v in payload["q"]),
-                        Position(payload["d"], tuple(_key_in(k) for k in payload["k"]),
-                                 int(payload["p"]), bool(payload["i"])))
-    except (zlib.error, ValueError, KeyError, TypeError):
+    except (zlib.error, ValueError):
         raise refused() from None
-    if payload.get("v") != VERSION or cursor.position.direction not in ("next", "previous"):
+    if not isinstance(payload, dict):
         raise refused()
-    if cursor.resource_type != resource_type:
-        raise InvalidRequest("Курсор страницы относится к поиску другого типа ресурсов.",
-                             f"The cursor belongs to a search of {cursor.resource_type}, "
-                             f"not {resource_type}.", expression="_cursor")
-    return cursor
+    return payload
 
 
 def load_secret(path: Path) -> bytes:

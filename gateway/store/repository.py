@@ -16,6 +16,20 @@ make two resources for one identifier, even when twenty arrive at once:
 Version checks (`If-Match`) lock the `resources` row (`FOR UPDATE`). A unique key
 on (type, id) catches the rest (two create-on-update PUTs of a new id), and the
 losing transaction is retried.
+
+Change order. A regional system that polls `_lastUpdated=gt<last seen>` or
+`_history?_since=` must never miss a change nor see one twice. That holds only if
+changes become visible in the order of their times: a transaction that took its
+time first but committed last would be missed by a poll in between. So every
+write transaction first locks the one row of `change_clock` (on SQLite BEGIN
+IMMEDIATE holds the database lock already), and its changes take one time from
+it, at least a millisecond after the previous transaction's (the precision of
+meta.lastUpdated). Writers therefore commit one after another in the order of
+their times and of `resource_versions.seq`: whatever a reader sees is every
+change up to some time, none after it. The price is that writes to PostgreSQL
+are serialised, as they are on SQLite; a write transaction is a few
+milliseconds of SQL, validation happens before it. Above a thousand write
+transactions a second the times run ahead of the wall clock until the load eases.
 """
 from __future__ import annotations
 
@@ -25,19 +39,30 @@ import uuid
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import and_, delete, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from gateway.errors import Conflict, Gone, InvalidRequest, NotFound, PreconditionFailed
 from gateway.store import indexing, submissions
 from gateway.store.clock import instant, utcnow
-from gateway.store.schema import INDEX_TABLES, resource_versions, resources, search_token
+from gateway.store.schema import (
+    INDEX_TABLES,
+    change_clock,
+    resource_versions,
+    resources,
+    search_token,
+)
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 RETRIES = 5
+TICK = timedelta(milliseconds=1)
+EPOCH = datetime(1970, 1, 1)
+CLOCK_KEY = "gateway.change_time"        # conn.info: the time of this transaction's changes
 # Columns of each index table after (resource_pk, resource_type, param).
 INDEX_COLUMNS = {kind: [c.name for c in table.columns][3:] for kind, table in INDEX_TABLES.items()}
 
@@ -76,10 +101,15 @@ class Store:
 
     @contextmanager
     def write(self):
-        """One write transaction (BEGIN IMMEDIATE on SQLite)."""
+        """One write transaction (BEGIN IMMEDIATE on SQLite), holding the change clock."""
         with self.engine.connect().execution_options(write=True) as conn:
-            with conn.begin():
-                yield conn
+            conn.info.pop(CLOCK_KEY, None)
+            try:
+                with conn.begin():
+                    self._hold_clock(conn)
+                    yield conn
+            finally:
+                conn.info.pop(CLOCK_KEY, None)
 
     @contextmanager
     def snapshot(self):
@@ -125,7 +155,7 @@ class Store:
         if row is None:
             raise NotFound(f"Ресурс {resource_type}/{rid} не найден.",
                            f"Resource {resource_type}/{rid} not found.")
-        stored = _stored(row)
+        stored = stored_from_row(row)
         if stored.deleted:
             raise Gone(f"Ресурс {resource_type}/{rid} удалён.",
                        f"Resource {resource_type}/{rid} was deleted.",
@@ -141,23 +171,11 @@ class Store:
         if row is None:
             raise NotFound(f"Версия {version} ресурса {resource_type}/{rid} не найдена.",
                            f"Version {version} of {resource_type}/{rid} not found.")
-        stored = _stored(row)
+        stored = stored_from_row(row)
         if stored.deleted:
             raise Gone(f"Версия {version} ресурса {resource_type}/{rid} — удаление.",
                        f"Version {version} of {resource_type}/{rid} is a deletion.")
         return stored
-
-    def history(self, resource_type: str, rid: str) -> list[Stored]:
-        """All versions of one resource, newest first."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(resource_versions).where(
-                resource_versions.c.resource_type == resource_type,
-                resource_versions.c.id == rid).order_by(resource_versions.c.version.desc())
-            ).all()
-        if not rows:
-            raise NotFound(f"Ресурс {resource_type}/{rid} не найден.",
-                           f"Resource {resource_type}/{rid} not found.")
-        return [_stored(row) for row in rows]
 
     def find_ids(self, conn: Connection, resource_type: str,
                  condition: list[tuple[str, str | None, str]]) -> list[str]:
@@ -205,7 +223,7 @@ class Store:
             if found:
                 return self.existing(conn, self.read_in(conn, resource_type, found),
                                        "matched")
-        return self._insert_new(conn, resource, rid or str(uuid.uuid4()))
+        return self._insert_new(conn, resource, rid or str(uuid.uuid4()), "POST")
 
     def update(self, conn: Connection, resource: dict, rid: str,
                if_match: int | None = None) -> WriteResult:
@@ -222,7 +240,7 @@ class Store:
                 raise PreconditionFailed(
                     f"Ресурс {resource_type}/{rid} не существует, а If-Match задан.",
                     f"If-Match given but {resource_type}/{rid} does not exist.")
-            return self._insert_new(conn, resource, rid)
+            return self._insert_new(conn, resource, rid, "PUT")
         pk, version, deleted = current
         if if_match is not None and if_match != version:
             raise PreconditionFailed(
@@ -249,7 +267,7 @@ class Store:
         pk, version, deleted = current
         if deleted:
             return None
-        now = utcnow()
+        now = self.change_time(conn)
         conn.execute(insert(resource_versions).values(
             resource_pk=pk, resource_type=resource_type, id=rid, version=version + 1,
             last_updated=now, method="DELETE", deleted=True, content=None))
@@ -258,6 +276,31 @@ class Store:
         self._unindex(conn, pk)
         stored = Stored(resource_type, rid, version + 1, now, True, None)
         return WriteResult(stored, "deleted", self._queue(conn, stored))
+
+    # --- the change clock (see "Change order" above) ---------------------------------
+
+    def _hold_clock(self, conn: Connection) -> datetime:
+        """Lock the change clock until the transaction ends; the latest change's time."""
+        query = select(change_clock.c.last_updated).where(change_clock.c.id == 1)
+        if not self.sqlite:
+            query = query.with_for_update()
+        latest = conn.execute(query).scalar()
+        if latest is None:                      # a database emptied by hand (or by tests)
+            dialect_insert = sqlite_insert if self.sqlite else postgresql_insert
+            conn.execute(dialect_insert(change_clock).values(id=1, last_updated=EPOCH)
+                         .on_conflict_do_nothing())
+            latest = conn.execute(query).scalar_one()
+        return latest
+
+    def change_time(self, conn: Connection) -> datetime:
+        """The time of every change this transaction makes: after all earlier ones."""
+        now = conn.info.get(CLOCK_KEY)
+        if now is None:
+            now = max(utcnow(), self._hold_clock(conn) + TICK)
+            conn.execute(update(change_clock).where(change_clock.c.id == 1)
+                         .values(last_updated=now))
+            conn.info[CLOCK_KEY] = now
+        return now
 
     # --- internals -----------------------------------------------------------------
 
@@ -272,10 +315,12 @@ class Store:
         return WriteResult(stored, outcome,
                            submissions.latest(conn, stored.resource_type, stored.id))
 
-    def _insert_new(self, conn: Connection, resource: dict, rid: str) -> WriteResult:
-        return self.create_many(conn, [(resource, rid)])[0]
+    def _insert_new(self, conn: Connection, resource: dict, rid: str,
+                    method: str) -> WriteResult:
+        return self.create_many(conn, [(resource, rid)], method)[0]
 
-    def create_many(self, conn: Connection, items: list[tuple[dict, str]]) -> list[WriteResult]:
+    def create_many(self, conn: Connection, items: list[tuple[dict, str]],
+                    method: str = "POST") -> list[WriteResult]:
         """Create several new resources with given ids in a handful of statements.
 
         A transaction Bundle of 1,000 entries costs the same few multi-row INSERTs
@@ -283,7 +328,7 @@ class Store:
         """
         if not items:
             return []
-        now = utcnow()
+        now = self.change_time(conn)
         pks = conn.execute(
             insert(resources).returning(resources.c.pk, sort_by_parameter_order=True),
             [{"resource_type": r["resourceType"], "id": rid, "version": 1, "last_updated": now,
@@ -291,7 +336,7 @@ class Store:
         contents = [_with_meta(resource, rid, 1, now) for resource, rid in items]
         conn.execute(insert(resource_versions), [
             {"resource_pk": pk, "resource_type": c["resourceType"], "id": c["id"], "version": 1,
-             "last_updated": now, "method": "POST", "deleted": False, "content": _dump(c)}
+             "last_updated": now, "method": method, "deleted": False, "content": _dump(c)}
             for pk, c in zip(pks, contents, strict=True)])
         self._index(conn, list(zip(pks, contents, strict=True)))
         written = [Stored(c["resourceType"], c["id"], 1, now, False, c) for c in contents]
@@ -301,7 +346,7 @@ class Store:
     def _write_version(self, conn: Connection, pk: int, resource: dict, rid: str,
                        version: int, method: str) -> Stored:
         """A new version (> 1) of an existing resource."""
-        now = utcnow()
+        now = self.change_time(conn)
         content = _with_meta(resource, rid, version, now)
         conn.execute(insert(resource_versions).values(
             resource_pk=pk, resource_type=content["resourceType"], id=rid, version=version,
@@ -393,7 +438,7 @@ def _dump(content: dict) -> str:
     return json.dumps(content, ensure_ascii=False, separators=(",", ":"))
 
 
-def _stored(row) -> Stored:
+def stored_from_row(row) -> Stored:
     content = json.loads(row.content) if row.content else None
     return Stored(row.resource_type, row.id, row.version, row.last_updated, row.deleted,
                   content)

@@ -17,6 +17,8 @@
   their stable identifier, attempts, back-off and the upstream's ticket.
 - `webhooks`, `webhook_deliveries`: where an MIS wants status changes POSTed,
   and the notifications waiting to go out (an outbox of their own).
+- `export_jobs`: FHIR Bulk Data `$export` requests, leased to one worker at a
+  time while it writes their NDJSON files (gateway.export.bulk).
 
 The schema is created and evolved only by the Alembic migrations next door;
 this module describes it for queries (and the migrations must match it).
@@ -234,3 +236,33 @@ webhook_deliveries = Table(
     Column("delivered_at", DateTime, nullable=True),
     Index(None, "state", "next_attempt_at"),
 )
+
+# FHIR Bulk Data `$export` jobs (gateway.export.bulk). `lease_owner`/`lease_until` keep
+# one job on one worker; a lease that runs out (the worker died) makes it due again.
+export_jobs = Table(
+    "export_jobs", metadata,
+    Column("pk", BigId, primary_key=True, autoincrement=True),
+    Column("id", String(36), nullable=False, unique=True),
+    Column("client_pk", BigId, nullable=True),
+    Column("level", String(16), nullable=False),           # system | type
+    Column("types", Text, nullable=False),                 # JSON list of resource types
+    Column("since", DateTime, nullable=True),
+    Column("output_format", String(64), nullable=False),
+    Column("state", String(16), nullable=False),  # accepted | in-progress | completed | ...
+    Column("request_url", Text, nullable=False),
+    Column("total", Integer, nullable=True),               # resources expected
+    Column("exported", Integer, nullable=False, default=0),
+    Column("output", Text, nullable=True),                 # JSON: [{type, file, count}]
+    Column("error", Text, nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until", DateTime, nullable=True),
+    Column("transaction_time", DateTime, nullable=True),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    Column("completed_at", DateTime, nullable=True),
+    Index(None, "state", "pk"),
+)
+
+# An export reads one type at a time in keyset batches (`pk > last` in pk order).
+Index("ix_resources_resource_type_pk", resources.c.resource_type, resources.c.pk)
