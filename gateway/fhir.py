@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import cache
@@ -195,6 +196,39 @@ def to_xml_bytes(resource: dict, pretty: bool = False) -> bytes:
     model = cls.model_validate(resource)
     xml = model.model_dump_xml(pretty_print=pretty)
     return xml if isinstance(xml, bytes) else xml.encode("utf-8")
+
+
+def bundle_chunks(bundle: dict, xml: bool) -> Iterator[bytes]:
+    """A Bundle serialised entry by entry, so a large one is never one string in memory.
+
+    The envelope (everything but the entries) and then each entry are rendered by
+    the same code as a whole Bundle would be (`to_json_bytes`, `to_xml_bytes` on a
+    one-entry Bundle, whose `<entry>` element is cut out), so the streamed body is
+    byte for byte what rendering the Bundle at once would give.
+    """
+    entries = bundle.get("entry") or []
+    envelope = {key: value for key, value in bundle.items() if key != "entry"}
+    if "signature" in bundle:                   # it follows the entries: render at once
+        yield to_xml_bytes(bundle) if xml else to_json_bytes(bundle)
+        return
+    if xml:
+        head = to_xml_bytes(envelope)
+        closing = head.rindex(b"</Bundle>")
+        yield head[:closing]
+        for entry in entries:
+            one = to_xml_bytes({"resourceType": "Bundle", "type": bundle["type"],
+                                "entry": [entry]})
+            yield one[one.index(b"<entry>"):one.rindex(b"</entry>") + len(b"</entry>")]
+        yield head[closing:]
+        return
+    head = to_json_bytes(envelope)
+    if not entries:
+        yield head
+        return
+    yield head[:-1] + b',"entry":['
+    for number, entry in enumerate(entries):
+        yield (b"," if number else b"") + to_json_bytes(entry)
+    yield b"]}"
 
 
 # --- structure ------------------------------------------------------------------

@@ -113,14 +113,22 @@ def search_form(resource_type: str):
 
 def _search(resource_type: str, pairs: list[tuple[str, str]]) -> Response:
     given_format = next((value for name, value in pairs if name == "_format"), None)
-    media_type = negotiation.response_type(request, given_format)
+    media_type = negotiation.response_type(request, given_format, ndjson=True)
     found = services()
+    lenient = negotiation.prefers_lenient(request)
+    if negotiation.is_ndjson(media_type):
+        asked = search.streamable(search.parse(resource_type, pairs, lenient))
+
+        def everything():
+            with found.store.snapshot() as conn:
+                yield from search.stream(conn, asked, limited=any(
+                    name == "_count" for name, _ in pairs))
+        return negotiation.render_lines(everything(), media_type)
     with found.store.snapshot() as conn:
-        bundle = search.search(conn, resource_type, pairs,
-                               lenient=negotiation.prefers_lenient(request),
+        bundle = search.search(conn, resource_type, pairs, lenient=lenient,
                                secret=found.search_secret, base=_base(),
                                keep=(("_format", given_format),) if given_format else ())
-    return negotiation.render(bundle, media_type)
+    return negotiation.render_bundle(bundle, media_type)
 
 
 @blueprint.get("/<resource_type>/_history")
@@ -139,7 +147,7 @@ def _history(resource_type: str | None, rid: str | None) -> Response:
                                  lenient=negotiation.prefers_lenient(request),
                                  secret=found.search_secret, base=_base(),
                                  keep=(("_format", given_format),) if given_format else ())
-    return negotiation.render(bundle, media_type)
+    return negotiation.render_bundle(bundle, media_type)
 
 
 @blueprint.post("/<resource_type>")

@@ -7,6 +7,8 @@ can read).
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from flask import Request, Response
 
 from gateway import fhir
@@ -14,29 +16,33 @@ from gateway.errors import MalformedBody, NotAcceptable, PayloadTooLarge, Unsupp
 
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
 XML_TYPES = ("application/fhir+xml", "application/xml", "text/xml", "application/xml+fhir")
+NDJSON_TYPES = ("application/fhir+ndjson", "application/ndjson")
 FORMAT_ALIASES = {"json": "application/fhir+json", "xml": "application/fhir+xml",
-                  "html": None, "text/html": None}
+                  "ndjson": "application/fhir+ndjson", "html": None, "text/html": None}
 PRODUCED = ("application/fhir+json", "application/json", "application/fhir+xml",
             "application/xml", "text/xml")
 
 
-def response_type(request: Request, given_format: str | None = None) -> str:
+def response_type(request: Request, given_format: str | None = None,
+                  ndjson: bool = False) -> str:
     """The media type to answer in: `_format`, else the best of Accept, else FHIR JSON.
 
-    `given_format` is a `_format` found elsewhere than the query (a search form body).
+    `given_format` is a `_format` found elsewhere than the query (a search form body);
+    `ndjson`: the endpoint can also answer in NDJSON (search).
     """
+    produced = PRODUCED + NDJSON_TYPES if ndjson else PRODUCED
     given = given_format or request.args.get("_format")
     if given:
         wanted = FORMAT_ALIASES.get(given, given.split(";")[0].strip())
-        if wanted in PRODUCED:
+        if wanted in produced:
             return wanted
         raise NotAcceptable(f"Формат «{given[:100]}» не поддерживается: "
-                            "используйте json или xml.",
+                            f"используйте json{', ndjson' if ndjson else ''} или xml.",
                             f"_format {given[:100]!r} is not supported.")
     accept = request.accept_mimetypes
     if not accept or accept.best in ("*/*", "application/*"):
         return "application/fhir+json"
-    best = accept.best_match(PRODUCED)
+    best = accept.best_match(produced)
     if best is None:
         raise NotAcceptable("Запрошенный формат (Accept) не поддерживается: шлюз отвечает "
                             "в application/fhir+json или application/fhir+xml.",
@@ -52,6 +58,10 @@ def prefers_lenient(request: Request) -> bool:
 
 def is_xml(media_type: str) -> bool:
     return media_type in XML_TYPES
+
+
+def is_ndjson(media_type: str) -> bool:
+    return media_type in NDJSON_TYPES
 
 
 def read_resource(request: Request, max_body: int, max_depth: int) -> dict:
@@ -90,3 +100,15 @@ def render(resource: dict, media_type: str, status: int = 200,
     body = fhir.to_xml_bytes(resource) if is_xml(media_type) else fhir.to_json_bytes(resource)
     return Response(body, status=status, headers=headers or {},
                     content_type=f"{media_type}; charset=utf-8")
+
+
+def render_bundle(bundle: dict, media_type: str) -> Response:
+    """A Bundle streamed entry by entry (see `gateway.fhir.bundle_chunks`)."""
+    return Response(fhir.bundle_chunks(bundle, is_xml(media_type)),
+                    content_type=f"{media_type}; charset=utf-8")
+
+
+def render_lines(resources: Iterable[dict], media_type: str) -> Response:
+    """NDJSON: one resource per line, written as the iterable yields them."""
+    return Response((fhir.to_json_bytes(resource) + b"\n" for resource in resources),
+                    content_type=media_type)

@@ -27,6 +27,8 @@ transaction on SQLite).
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import replace
 from urllib.parse import urlencode
 
 from sqlalchemy.engine import Connection
@@ -37,8 +39,10 @@ from gateway.search.cursor import Cursor, Position
 from gateway.search.params import SearchRequest, parse
 
 CURSOR = "_cursor"
+STREAM_PAGE = 1000
 
-__all__ = ["CURSOR", "SearchRequest", "bundle", "cursor", "params", "parse", "query", "search"]
+__all__ = ["CURSOR", "SearchRequest", "bundle", "cursor", "params", "parse", "query", "search",
+           "stream", "streamable"]
 
 
 def search(conn: Connection, resource_type: str, pairs: list[tuple[str, str]], *,
@@ -66,6 +70,44 @@ def search(conn: Connection, resource_type: str, pairs: list[tuple[str, str]], *
     page = query.run(conn, request, position)
     return bundle.searchset(request, page, base,
                             _links(request, page, position, base, secret, keep))
+
+
+def streamable(request: SearchRequest) -> SearchRequest:
+    """The request, if it can be answered as NDJSON (a count alone cannot)."""
+    if request.summary == "count":
+        raise InvalidRequest("_summary=count не сочетается с форматом ndjson.",
+                             "_summary=count cannot be answered in NDJSON.",
+                             expression="_summary")
+    return request
+
+
+def stream(conn: Connection, request: SearchRequest, limited: bool) -> Iterator[dict]:
+    """Every resource a search finds, page after page in one snapshot, for NDJSON.
+
+    Matches (shaped by `_summary`/`_elements`) then each page's includes, each
+    included resource once. Memory holds one page of `STREAM_PAGE` rows; `_count`,
+    when the client gave it (`limited`), caps the number of matches. Check the
+    request with `streamable` first: once streaming has begun, an error can no
+    longer be answered.
+    """
+    left = request.count if limited else None
+    request = replace(request, count=min(left or STREAM_PAGE, STREAM_PAGE), total=False)
+    position, included = None, set()
+    while left is None or left > 0:
+        page = query.run(conn, request, position)
+        matches = page.matches[:left] if left is not None else page.matches
+        for match in matches:
+            yield bundle.shape(match.content, request)
+        for match in page.included:
+            if (match.resource_type, match.id) not in included:
+                included.add((match.resource_type, match.id))
+                yield match.content
+        if left is not None:
+            left -= len(matches)
+        if not page.has_next or not page.matches:
+            return
+        last = page.matches[-1]
+        position = Position("next", last.keys, last.pk)
 
 
 def _links(request: SearchRequest, page: query.Page, position: Position | None, base: str,
