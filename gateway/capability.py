@@ -5,7 +5,8 @@ Search parameters, includes and modifiers come from `gateway.registry` and
 """
 from __future__ import annotations
 
-from gateway.api.negotiation import PRODUCED
+from gateway import history
+from gateway.api.negotiation import NDJSON_TYPES, PRODUCED
 from gateway.registry import RESOURCE_TYPES, SYSTEM_INTERACTIONS, includes, revincludes
 from gateway.search.params import DEFAULT_COUNT, KIND_NOTES, MAX_COUNT
 
@@ -15,7 +16,12 @@ SEARCH_NOTES = (
     f"{MAX_COUNT}: larger values are lowered, with a warning in the Bundle), "
     "_total=accurate|none, _summary=true|text|data|count|false, _elements, _include, "
     "_revinclude, chained parameters one level deep. Unknown parameters are refused (400) "
-    "unless Prefer: handling=lenient. Pages are linked by opaque cursors (next, previous).")
+    "unless Prefer: handling=lenient. Pages are linked by opaque cursors (next, previous). "
+    "_format=ndjson (or Accept: application/fhir+ndjson) streams every match, one per line. "
+    f"History: _history of the server, a type or a resource, newest first, with _since and "
+    f"_count (default {history.DEFAULT_COUNT}, at most {history.MAX_COUNT}); each page's "
+    "meta.lastUpdated is the sync point: ask _since=<it> next time to get every later change "
+    "exactly once.")
 
 SOFTWARE_VERSION = "0.1.0"
 RELEASE_DATE = "2026-11-23"
@@ -32,7 +38,7 @@ def statement(base_url: str) -> dict:
         "implementation": {"description": "Шлюз HL7 FHIR R4 между МИС и ЕГИСЗ (ФРМО, ФРМР, ЭЛМК)",
                            "url": base_url},
         "fhirVersion": "4.0.1",
-        "format": list(PRODUCED),
+        "format": [*PRODUCED, *NDJSON_TYPES],
         "rest": [{
             "mode": "server",
             "security": {"description": "Authorization: Bearer <token>, issued by "
