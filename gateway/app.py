@@ -40,10 +40,12 @@ def create_app(settings: Settings | dict | None = None) -> Flask:
     app.extensions["gateway"] = Services(settings, engine, Store(engine), books,
                                          mapping_loader.load_all(books))
 
-    from gateway.api import auth, delivery, fhir_rest, health, intake
+    from gateway.api import auth, bulk, delivery, export, fhir_rest, health, intake
     app.register_blueprint(health.blueprint)
+    app.register_blueprint(bulk.blueprint, url_prefix="/fhir")
     app.register_blueprint(fhir_rest.blueprint, url_prefix="/fhir")
     app.register_blueprint(intake.blueprint, url_prefix="/api/v1")
+    app.register_blueprint(export.blueprint, url_prefix="/api/v1")
     app.register_blueprint(delivery.blueprint)
     app.before_request(auth.require_token)
     app.register_error_handler(Exception, handle_error)

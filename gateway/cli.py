@@ -469,3 +469,90 @@ def mock_upstream(host: str, port: int, jwks: str | None, database: str | None,
         drop_after_receive=drop_after_receive, clarification_rate=clarification_rate,
         processing_delay_seconds=processing_delay, timeout_seconds=timeout_seconds, seed=seed)
     run_mock(host, port, config)
+
+
+# --- export ------------------------------------------------------------------------------
+
+@main.command("export")
+@click.option("--format", "fmt", required=True,
+              type=click.Choice(["ndjson", "fhir-json", "fhir-xml", "legacy-xml"]))
+@click.option("--type", "types", multiple=True, metavar="TYPE",
+              help="A resource type (repeat for several). Default: every type, or the "
+                   "register's.")
+@click.option("--register", type=click.Choice(["frmo", "frmr", "elmk"]),
+              help="Only what goes to this register (required for legacy-xml).")
+@click.option("--since", help="Only resources changed after this instant, e.g. "
+                              "2026-11-01T00:00:00+03:00.")
+@click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for the files (created if missing).")
+def export(fmt: str, types: tuple[str, ...], register: str | None, since: str | None,
+           output: Path) -> None:
+    """Write whole registers to files: one per type (<Type>.ndjson, .json or .xml, a
+    collection Bundle), or the register's signed legacy XML. Progress goes to stderr.
+
+    The files are the store as of one instant (printed at the end): changes made
+    while the export runs are not in them.
+    """
+    from gateway.errors import GatewayError
+    from gateway.export import bulk
+    from gateway.store import database
+
+    settings = load_settings()
+    try:
+        chosen = bulk.parse_types(",".join(types)) if types else ()
+        moment = bulk.parse_since(since) if since else None
+    except GatewayError as error:
+        raise click.ClickException(error.issues[0].diagnostics) from None
+    engine = _engine(settings)
+    database.upgrade(engine)
+    output.mkdir(parents=True, exist_ok=True)
+    try:
+        if fmt == "legacy-xml":
+            if not register or chosen:
+                raise click.ClickException("legacy-xml needs --register and takes no --type.")
+            _export_legacy(engine, settings, register, moment, output)
+        else:
+            _export_fhir(engine, settings, fmt, chosen, register, moment, output)
+    finally:
+        engine.dispose()
+
+
+def _export_fhir(engine, settings: Settings, fmt: str, types: tuple[str, ...],
+                 register: str | None, since, output: Path) -> None:
+    from gateway.export import files, reader
+    from gateway.store.clock import instant
+
+    types = types or files.register_types(register)
+    as_of = reader.latest_change(engine)
+    counts = {t: reader.count(engine, t, since) for t in types}
+    written = {}
+    with click.progressbar(length=sum(counts.values()), label=f"Exporting {fmt}",
+                           show_pos=True, file=sys.stderr) as bar:
+        for resource_type in (t for t in types if counts[t]):
+            path = output / f"{resource_type}.{files.FORMATS[fmt]}"
+            read = files.of_register(reader.batches(engine, resource_type, as_of, since),
+                                     resource_type, register, bar.update)
+            with open(path, "wb") as out:
+                written[path] = files.write(fmt, out, resource_type, read, as_of,
+                                            settings.base_url or None, bar.update)
+    for path, number in written.items():
+        click.echo(f"{path}: {number} resources")
+    click.echo(f"As of {instant(as_of)}: {sum(written.values())} resources in "
+               f"{len(written)} files.")
+
+
+def _export_legacy(engine, settings: Settings, register: str, since, output: Path) -> None:
+    from gateway import signing
+    from gateway.export import legacy
+
+    signer = signing.load_signer(settings.keys_path, kid=settings.signing_kid) \
+        if settings.signing_kid else signing.ensure_signer(settings.keys_path,
+                                                           settings.signing_alg)
+    path = output / f"{register}.xml"
+    with click.progressbar(length=legacy.count(engine, register, since=since),
+                           label=f"Exporting {register} (legacy XML)", show_pos=True,
+                           file=sys.stderr) as bar:
+        with open(path, "wb") as out:
+            legacy.write_legacy(engine, register, out, signer, since=since,
+                                progress=bar.update)
+    click.echo(f"{path}: written, signed with key {signer.kid}.")

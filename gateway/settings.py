@@ -48,6 +48,11 @@ class Settings:
     mock_clarification_rate: float
     mock_processing_delay: float
     search_cursor_secret: str
+    # --- bulk export
+    export_dir: str
+    export_retention_hours: float
+    export_file_max_resources: int
+    export_poll_seconds: int
 
     @property
     def keys_path(self) -> Path:

@@ -117,6 +117,16 @@ class Signer:
     def public_jwk(self) -> dict:
         return _public_jwk(self._jwk)
 
+    def sign_raw(self, message: bytes) -> bytes:
+        """The bare signature bytes a JWS of this key would carry, over `message` itself.
+
+        For formats that wrap signatures their own way (the enveloped XML signature of
+        the legacy export): ES256 r || s, RS256 PKCS #1 v1.5, GOST s || r as above.
+        """
+        if self.alg == GOST:
+            return _gost_sign(self._key, message)
+        return _jose_registry(self.alg).get_alg(self.alg).sign(message, self._key)
+
 
 def generate_key(keys_dir: Path, alg: str = "ES256") -> Signer:
     """A new key of `alg`, written to keys_dir/<kid>.json (mode 0600)."""
@@ -257,6 +267,26 @@ def verify_bundle(bundle: dict, jwks: dict) -> dict:
             "The Bundle's signature does not verify: the content was changed after "
             "signing, or signed with another key.")
     return header
+
+
+def verify_raw(jwk: dict, message: bytes, signature: bytes) -> bool:
+    """Whether `signature`, made by `Signer.sign_raw`, is the public `jwk`'s over `message`.
+
+    SignatureInvalid when the JWK fits none of ALGORITHMS.
+    """
+    alg = _jwk_alg(jwk)
+    if alg == GOST:
+        return _gost_verify(jwk, message, _b64url(signature))
+    try:
+        if alg == "RS256":
+            if len(_b64url_decode(jwk["n"]).lstrip(b"\0")) * 8 < RSA_KEY_BITS:
+                return False
+            key: ECKey | RSAKey = RSAKey.import_key(_members(jwk, private=False))
+        else:
+            key = ECKey.import_key(_members(jwk, private=False))
+        return _jose_registry(alg).get_alg(alg).verify(message, signature, key)
+    except (JoseError, ValueError, KeyError, TypeError):
+        return False
 
 
 # --- verification steps ---------------------------------------------------------------

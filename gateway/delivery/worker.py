@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 from gateway import signing
 from gateway.delivery import outbox, routing, upstream
 from gateway.delivery.webhooks import WebhookSender
+from gateway.export.bulk import Runner as ExportRunner
 from gateway.settings import Settings
 from gateway.store.repository import utcnow
 
@@ -73,6 +74,9 @@ class Worker:
         # Webhooks go out from their own thread: a slow MIS endpoint never delays ЕГИСЗ.
         threading.Thread(target=self.webhooks.run, args=(stop,), name="webhooks",
                          daemon=True).start()
+        # Bulk exports too: one can take minutes, and delivery must not wait for it.
+        threading.Thread(target=ExportRunner(self.engine, self.settings, self.name).run,
+                         args=(stop,), name="bulk-export", daemon=True).start()
         while not stop.is_set():
             try:
                 busy = self.run_once().busy
@@ -92,7 +96,10 @@ class Worker:
         return done
 
     def drain(self, rounds: int = 1000) -> None:
-        """Rounds (webhooks included) until nothing is left to do now (`worker --once`)."""
+        """Rounds (webhooks, bulk exports) until nothing is left to do now (`worker --once`)."""
+        exports = ExportRunner(self.engine, self.settings, self.name)
+        while exports.run_once():
+            pass
         for _ in range(rounds):
             done = self.run_once()
             done.notified = self.webhooks.send_due()
