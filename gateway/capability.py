@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from gateway import history
 from gateway.api.negotiation import NDJSON_TYPES, PRODUCED
+from gateway.export import bulk
 from gateway.registry import RESOURCE_TYPES, SYSTEM_INTERACTIONS, includes, revincludes
 from gateway.search.params import DEFAULT_COUNT, KIND_NOTES, MAX_COUNT
 
@@ -37,6 +38,7 @@ def statement(base_url: str) -> dict:
         "software": {"name": "egisz-fhir-gateway", "version": SOFTWARE_VERSION},
         "implementation": {"description": "Шлюз HL7 FHIR R4 между МИС и ЕГИСЗ (ФРМО, ФРМР, ЭЛМК)",
                            "url": base_url},
+        "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
         "fhirVersion": "4.0.1",
         "format": [*PRODUCED, *NDJSON_TYPES],
         "rest": [{
@@ -46,6 +48,7 @@ def statement(base_url: str) -> dict:
             "documentation": SEARCH_NOTES,
             "resource": [_resource(spec) for spec in RESOURCE_TYPES.values()],
             "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
+            "operation": [_operation()] if "system" in bulk.OPERATION["levels"] else [],
         }],
     }
 
@@ -70,7 +73,17 @@ def _resource(spec) -> dict:
         if revincluded:
             entry["searchRevInclude"] = revincluded
         entry["searchParam"] = [_search_param(p) for p in spec.search]
+    if "type" in bulk.OPERATION["levels"] and spec.name in bulk.OPERATION["types"]:
+        entry["operation"] = [_operation()]
     return entry
+
+
+def _operation() -> dict:
+    """FHIR Bulk Data `$export` (gateway.export.bulk): async, NDJSON files per type."""
+    return {"name": bulk.OPERATION["name"], "definition": bulk.OPERATION["definition"],
+            "documentation": "Kick-off with Prefer: respond-async; _type, _since, "
+                             "_outputFormat=application/fhir+ndjson. 202 + Content-Location; "
+                             "poll it (Retry-After), DELETE to cancel."}
 
 
 def _search_param(param) -> dict:

@@ -5,6 +5,8 @@
     gateway clients create --name N --role R  prints the new token on its last line
     gateway validate FILE                     OperationOutcome for a JSON/XML file
     gateway nsi load FILE|DIR                 load full НСИ books into the data dir
+    gateway worker [--once]                   deliver the outbox, run bulk export jobs
+    gateway export --format F --output DIR    ndjson | fhir-json | fhir-xml | legacy-xml files
 """
 from __future__ import annotations
 

@@ -26,6 +26,11 @@ ENDPOINTS = {
     "fhir.history_instance": {"history-instance"},
     "fhir.update": {"update"},
     "fhir.delete": {"delete"},
+    "bulk.export_system": {"$export"},
+    "bulk.export_type": {"$export"},
+    "bulk.status": {"$export"},              # the async pattern's status, cancel and files
+    "bulk.cancel": {"$export"},
+    "bulk.download": {"$export"},
 }
 
 
@@ -39,14 +44,15 @@ def statement(client) -> dict:
 def advertised(statement: dict) -> set[str]:
     rest = statement["rest"][0]
     codes = {i["code"] for i in rest["interaction"]}
+    codes |= {f"${o['name']}" for o in rest.get("operation", [])}
     for resource in rest["resource"]:
         codes |= {i["code"] for i in resource["interaction"]}
+        codes |= {f"${o['name']}" for o in resource.get("operation", [])}
     return codes | {"capabilities"}
 
 
 def test_every_fhir_route_is_advertised_and_every_interaction_has_a_route(app, statement):
-    routed = {rule.endpoint for rule in app.url_map.iter_rules()
-              if rule.rule.startswith("/fhir") and rule.endpoint.startswith("fhir.")}
+    routed = {rule.endpoint for rule in app.url_map.iter_rules() if rule.rule.startswith("/fhir")}
     assert routed == set(ENDPOINTS), "a FHIR route without a known interaction"
     served = set().union(*ENDPOINTS.values())
     assert advertised(statement) == served
@@ -57,6 +63,16 @@ def test_resources_list_the_registry_interactions(statement):
     assert set(served) == set(RESOURCE_TYPES)
     for name, spec in RESOURCE_TYPES.items():
         assert [i["code"] for i in served[name]["interaction"]] == list(spec.interactions)
+
+
+def test_export_is_advertised_where_it_answers(client, auth, statement):
+    rest = statement["rest"][0]
+    assert [o["name"] for o in rest["operation"]] == ["export"]
+    for resource in rest["resource"]:
+        assert [o["name"] for o in resource["operation"]] == ["export"]
+        response = client.get(f"/fhir/{resource['type']}/$export",
+                              headers={**auth, "Prefer": "respond-async"})
+        assert response.status_code == 202, resource["type"]
 
 
 def test_every_advertised_search_parameter_is_accepted(client, auth, statement):
