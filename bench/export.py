@@ -35,11 +35,9 @@ import sys
 import tempfile
 import time
 import tracemalloc
-import uuid
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from live_server import new_postgres_database
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 SAMPLES = sorted((PROJECT_DIR / "fixtures" / "valid").glob("*.json"))
@@ -149,21 +147,6 @@ def _mb(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f} MB"
 
 
-def postgres_database(server_url: str):
-    """A new database on the server of `server_url`: (its URL, a function dropping it)."""
-    admin_url = make_url(server_url)
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    name = f"gw_bench_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-    return admin_url.set(database=name).render_as_string(hide_password=False), drop
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=100_000, help="resources to export")
@@ -183,7 +166,7 @@ def main() -> None:
           f"{len(SAMPLES)} sample resources cycled")
     measure("SQLite", "", args.count)
     if args.postgres:
-        url, drop = postgres_database(args.postgres)
+        url, drop = new_postgres_database(args.postgres)
         try:
             measure("PostgreSQL", url, args.count)
         finally:

@@ -10,6 +10,7 @@ on sys.path when it is run as `.venv/bin/python bench/<name>.py`). It holds:
     for /healthz and stops the server at the end, even on error. The token line is never
     put into `Server.log`, the lines a benchmark prints when something went wrong;
   - `timed`: wall seconds and server CPU seconds of one piece of work;
+  - `new_postgres_database`: a new database on a PostgreSQL server, and its dropping;
   - `free_port`, `gateway_command` and `process_cpu_seconds`, which they use.
 """
 from __future__ import annotations
@@ -27,6 +28,8 @@ from collections import deque
 from pathlib import Path
 
 import requests
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 
 def free_port() -> int:
@@ -164,3 +167,18 @@ def timed(server: Server, work) -> tuple[float, float | None, object]:
     cpu_after = server.cpu_seconds()
     cpu = cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else None
     return seconds, cpu, result
+
+
+def new_postgres_database(server_url: str, prefix: str = "gw_bench_"):
+    """A new database on the server of `server_url`: (its URL, a function dropping it)."""
+    admin_url = make_url(server_url)
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = f"{prefix}{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+    return admin_url.set(database=name).render_as_string(hide_password=False), drop

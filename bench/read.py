@@ -36,15 +36,12 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
-from live_server import Server
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from live_server import Server, new_postgres_database
 
 FAMILIES = ["Иванов", "Смирнов", "Кузнецов", "Попов", "Васильев", "Петров", "Соколов",
             "Михайлов", "Новиков", "Фёдоров", "Морозов", "Волков", "Алексеев", "Лебедев",
@@ -208,20 +205,6 @@ def rows_for(server: Server, organizations: int, practitioners: int, clients: in
 
 # --- databases ----------------------------------------------------------------------------
 
-def new_postgres_database(server_url: str) -> tuple[str, Callable[[], None]]:
-    """A new database on that server: (its URL, a function dropping it)."""
-    admin = create_engine(make_url(server_url), isolation_level="AUTOCOMMIT")
-    name = f"gw_bench_read_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-    return make_url(server_url).set(database=name).render_as_string(hide_password=False), drop
-
-
 def measure(label: str, url: str, data_dir: Path, args: argparse.Namespace) -> None:
     seconds, organizations, practitioners = fill(url, data_dir, args.count)
     print(f"\n## {label}: {args.count:,} resources written in {seconds:.0f} s "
@@ -254,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="gateway-bench-read-") as tmp:
         measure("SQLite", f"sqlite:///{Path(tmp) / 'read.sqlite3'}", Path(tmp) / "sqlite", args)
         if args.postgres:
-            url, drop = new_postgres_database(args.postgres)
+            url, drop = new_postgres_database(args.postgres, "gw_bench_read_")
             try:
                 measure("PostgreSQL", url, Path(tmp) / "postgres", args)
             finally:

@@ -121,8 +121,7 @@ def _clause(resource_type: str, clause: Clause, row, postgres: bool) -> ColumnEl
     if param.name == "_id":
         return row.c.id.in_(clause.values)
     if param.name == "_lastUpdated":
-        column = row.c.last_updated
-        return or_(*(_date(column, column, v) for v in clause.values))
+        return or_(*(_instant(row.c.last_updated, v) for v in clause.values))
     # A fresh alias per clause, so nested subqueries never correlate with each other.
     table = INDEX_TABLES[param.kind].alias()
     rows_of_param = and_(table.c.resource_type == resource_type, table.c.param == param.name)
@@ -211,6 +210,22 @@ def _date(low, high, value: DateValue) -> ColumnElement:
         "le": or_(before, inside),
         "sa": and_(low.is_not(None), low > end),
         "eb": and_(high.is_not(None), high < start),
+    }[value.prefix]
+
+
+def _instant(column, value: DateValue) -> ColumnElement:
+    """`_date` for a column that always holds one instant (meta.lastUpdated).
+
+    Plain range comparisons, so the (resource_type, last_updated) index serves a
+    sync poll (`_lastUpdated=gt…`) however many resources the type has.
+    """
+    start, end = value.low, value.high
+    return {
+        "eq": and_(column >= start, column <= end),
+        "ne": or_(column < start, column > end),
+        "gt": column > end, "sa": column > end,
+        "lt": column < start, "eb": column < start,
+        "ge": column >= start, "le": column <= end,
     }[value.prefix]
 
 
@@ -365,17 +380,23 @@ def _forward(conn: Connection, resource_type: str, include: Include, pks: list[i
     """The resources the page's matches point to through one reference parameter."""
     ref = search_reference
     allowed = [include.target] if include.target else list(include.param.targets)
+    # `resource_type || ''`: start from the page's rows (the resource_pk index), never
+    # from every reference of the type (SQLite has no statistics to tell them apart).
     pairs = conn.execute(select(ref.c.target_type, ref.c.target_id).distinct().where(
-        ref.c.resource_pk.in_(pks), ref.c.resource_type == resource_type,
+        ref.c.resource_pk.in_(pks), ref.c.resource_type + "" == resource_type,
         ref.c.param == include.param.name, ref.c.target_type.is_not(None),
         *([ref.c.target_type.in_(allowed)] if allowed else []))).all()
     by_type: dict[str, list[str]] = {}
     for target_type, target_id in pairs:
         by_type.setdefault(target_type, []).append(target_id)
-    return _with_content().where(
-        resources.c.deleted.is_(False),
-        or_(*(and_(resources.c.resource_type == t, resources.c.id.in_(ids))
-              for t, ids in by_type.items())) if by_type else false())
+    if not by_type:
+        return _with_content().where(false())
+    # Targets by their (type, id) key first: asked directly, with the ORDER BY pk the
+    # caller adds, SQLite would rather walk the type's rows in pk order.
+    target = resources.alias()
+    targets = select(target.c.pk).where(or_(*(
+        and_(target.c.resource_type == t, target.c.id.in_(ids)) for t, ids in by_type.items())))
+    return _with_content().where(resources.c.deleted.is_(False), resources.c.pk.in_(targets))
 
 
 def _reverse(resource_type: str, include: Include, ids: list[str], postgres: bool):
