@@ -26,13 +26,13 @@ from lxml import etree
 from sqlalchemy import insert, select
 
 from gateway import signing
-from gateway.export import legacy, xmldsig
+from gateway.export import legacy, legacy_records, xmldsig
 from gateway.signing import SignatureInvalid
 from gateway.store.schema import resource_versions, resources
 from tests import delivery_data
 from tests.conftest import FHIR_JSON, load_fixture
 
-NS = {"lr": legacy.NS, "ds": xmldsig.DS}
+NS = {"lr": legacy_records.NS, "ds": xmldsig.DS}
 FIXTURES = [
     "organization-msk-clinic", "organization-msk-lab-department", "organization-spb-clinic",
     "organization-msk-ip-dental", "practitioner-ivanova", "practitioner-sokolov",
@@ -92,8 +92,8 @@ def _role_by_oid() -> dict:
         "identifier": {"system": FRMO, "value": "1.2.643.5.1.13.13.12.2.78.8623"}})
     role["period"] = {"start": "2021-03-15", "end": "2025-12-31"}
     role["extension"] = [
-        {"url": legacy.EXTENSION + "employment-rate", "valueDecimal": 0.25},
-        {"url": legacy.EXTENSION + "position-type", "valueCoding": {
+        {"url": legacy_records.EXTENSION + "employment-rate", "valueDecimal": 0.25},
+        {"url": legacy_records.EXTENSION + "position-type", "valueCoding": {
             "system": "https://fhir.egisz-gateway.ru/CodeSystem/position-type", "code": "4",
             "display": "Внешнее совместительство"}}]
     return role
@@ -182,15 +182,15 @@ def test_a_child_canonicalised_alone_matches_the_whole_documents_exc_c14n(tmp_pa
     root = legacy.root_element("frmr", datetime(2026, 1, 2, 3, 4, 5), None)
     children = []
     for n in range(3):
-        child = legacy._element("worker", id=f"w{n}", version="1",
+        child = legacy_records.element("worker", id=f"w{n}", version="1",
                                 lastUpdated="2026-01-01T00:00:00.000+00:00")
-        legacy._add(child, "name", f"Иванова & <{n}> \"кавычки\"\r\n\t", use="a\tb\n")
-        nested = legacy._add(child, "employment", force=True, id="r", version="2",
+        legacy_records.add(child, "name", f"Иванова & <{n}> \"кавычки\"\r\n\t", use="a\tb\n")
+        nested = legacy_records.add(child, "employment", force=True, id="r", version="2",
                              lastUpdated="2026-01-01T00:00:00.000+00:00")
-        legacy._add(nested, "rate", "0.25")
+        legacy_records.add(nested, "rate", "0.25")
         children.append(child)
     start, end = xmldsig._root_tags(root)
-    streamed = start + b"\n".join(xmldsig.canonical_child(copy.deepcopy(c), legacy.NS)
+    streamed = start + b"\n".join(xmldsig.canonical_child(copy.deepcopy(c), legacy_records.NS)
                                   for c in children) + end
 
     whole = copy.deepcopy(root)
@@ -205,9 +205,9 @@ def test_the_signed_bytes_are_the_documents_exclusive_canonical_form(tmp_path):
     signer = signing.generate_key(tmp_path / "keys", "ES256")
     writer = xmldsig.EnvelopedWriter(legacy.root_element("frmo", datetime(2026, 1, 1), None),
                                      signer)
-    org = legacy._element("organization", id="o1", version="1",
+    org = legacy_records.element("organization", id="o1", version="1",
                           lastUpdated="2026-01-01T00:00:00.000+00:00")
-    legacy._add(org, "name", "ООО «Здоровье» & Ко")
+    legacy_records.add(org, "name", "ООО «Здоровье» & Ко")
     document = writer.start() + writer.whitespace() + writer.child(org) \
         + writer.whitespace() + writer.finish()
     tree = etree.ElementTree(parse(document))
@@ -225,7 +225,7 @@ def test_the_signed_bytes_are_the_documents_exclusive_canonical_form(tmp_path):
 def test_a_child_outside_the_namespace_is_refused():
     with pytest.raises(ValueError, match="namespace"):
         xmldsig.canonical_child(etree.Element("{urn:other}x", nsmap={None: "urn:other"}),
-                                legacy.NS)
+                                legacy_records.NS)
 
 
 # --- content of each register -----------------------------------------------------------

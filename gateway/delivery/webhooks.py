@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 import random
 import threading
 import time
@@ -20,11 +19,11 @@ import requests
 from sqlalchemy.engine import Engine
 
 from gateway.delivery.upstream import backoff
+from gateway.rounds import run_rounds
 from gateway.settings import Settings
 from gateway.store import webhooks
 from gateway.store.repository import utcnow
 
-log = logging.getLogger("gateway.webhooks")
 TIMEOUT = 5.0
 
 
@@ -42,14 +41,7 @@ class WebhookSender:
         self.rng = random.Random()
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                busy = self.send_due()
-            except Exception:
-                log.exception("webhook round failed")
-                busy = 0
-            if not busy:
-                stop.wait(self.settings.delivery_idle)
+        run_rounds(self.send_due, stop, self.settings.delivery_idle, "webhook")
 
     def send_due(self) -> int:
         rows = webhooks.claim_due(self.engine, utcnow(), timedelta(seconds=TIMEOUT * 2 + 5))

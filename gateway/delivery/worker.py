@@ -26,6 +26,7 @@ from gateway import signing
 from gateway.delivery import outbox, routing, upstream
 from gateway.delivery.webhooks import WebhookSender
 from gateway.export.bulk import Runner as ExportRunner
+from gateway.rounds import run_rounds
 from gateway.settings import Settings
 from gateway.store.repository import utcnow
 
@@ -77,14 +78,7 @@ class Worker:
         # Bulk exports too: one can take minutes, and delivery must not wait for it.
         threading.Thread(target=ExportRunner(self.engine, self.settings, self.name).run,
                          args=(stop,), name="bulk-export", daemon=True).start()
-        while not stop.is_set():
-            try:
-                busy = self.run_once().busy
-            except Exception:                       # a bad round must not end the worker
-                log.exception("delivery round failed")
-                busy = False
-            if not busy:
-                stop.wait(self.settings.delivery_idle)
+        run_rounds(lambda: self.run_once().busy, stop, self.settings.delivery_idle, "delivery")
 
     def run_once(self) -> Round:
         done = Round()

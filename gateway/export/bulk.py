@@ -40,6 +40,7 @@ from sqlalchemy.engine import Engine
 from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.export import reader
 from gateway.registry import RESOURCE_TYPES
+from gateway.rounds import run_rounds
 from gateway.settings import Settings
 from gateway.store.clock import instant, utcnow
 from gateway.store.schema import export_jobs
@@ -392,14 +393,7 @@ class Runner:
 
     def run(self, stop: threading.Event) -> None:
         self.stop = stop
-        while not stop.is_set():
-            try:
-                busy = self.run_once()
-            except Exception:                     # a bad round must not end the thread
-                log.exception("export round failed")
-                busy = False
-            if not busy:
-                stop.wait(self.settings.delivery_idle)
+        run_rounds(self.run_once, stop, self.settings.delivery_idle, "export")
 
     def run_once(self) -> bool:
         """Remove expired jobs, then run one due job; True if there was anything to do."""
