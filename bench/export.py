@@ -130,6 +130,11 @@ def measure(label: str, url: str, count: int) -> None:
         filled = in_child(label, "--fill", url, data_dir, str(count))
         print(f"{label}: {count:,} resources written in {filled['seconds']:.1f} s (untimed)")
         found = in_child(label, "--export", url, data_dir)
+    report(found, count)
+
+
+def report(found: dict, count: int) -> None:
+    """Print what one export child measured (`in_child(..., "--export", ...)`)."""
     if found["state"] != "completed" or found["resources"] != count:
         print(f"  PROBLEM: job {found['state']}, {found['resources']} of {count} resources, "
               f"{found['error'] or ''}")
