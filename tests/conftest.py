@@ -111,6 +111,17 @@ def auth(token) -> dict:
 
 
 @pytest.fixture
+def put(client, auth):
+    """PUT a resource dict with an id (create or update); the response, checked for 200/201."""
+    def _put(resource: dict):
+        response = client.put(f"/fhir/{resource['resourceType']}/{resource['id']}",
+                              data=json.dumps(resource, ensure_ascii=False), headers=auth)
+        assert response.status_code in (200, 201), response.get_json()
+        return response
+    return _put
+
+
+@pytest.fixture
 def post(client, auth):
     """POST a resource dict as FHIR JSON: post(resource, **headers)."""
     def _post(resource: dict, path: str | None = None, **headers):

@@ -8,7 +8,6 @@ concurrently and hold their transactions open.
 """
 from __future__ import annotations
 
-import json
 import random
 import threading
 import time
@@ -23,16 +22,6 @@ from gateway.store.schema import resource_versions
 from tests.delivery_data import organization, practitioner
 
 JSON = "application/fhir+json"
-
-
-@pytest.fixture
-def put(client, auth):
-    def _put(resource: dict):
-        response = client.put(f"/fhir/{resource['resourceType']}/{resource['id']}",
-                              data=json.dumps(resource, ensure_ascii=False), headers=auth)
-        assert response.status_code in (200, 201), response.json
-        return response.json
-    return _put
 
 
 def get(client, auth, url: str, status: int = 200, **headers) -> dict:

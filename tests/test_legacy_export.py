@@ -48,16 +48,6 @@ FRMO = "urn:oid:1.2.643.5.1.13.13.11.1461"
 # --- fixtures and helpers ---------------------------------------------------------------
 
 @pytest.fixture
-def put(client, auth):
-    def _put(resource: dict):
-        response = client.put(f"/fhir/{resource['resourceType']}/{resource['id']}",
-                              data=json.dumps(resource, ensure_ascii=False), headers=auth)
-        assert response.status_code in (200, 201), response.get_json()
-        return response
-    return _put
-
-
-@pytest.fixture
 def filled(app, put):
     """The reviewed samples, plus what makes each register's structure visible."""
     for name in FIXTURES:
