@@ -18,7 +18,7 @@ from datetime import timedelta
 from flask import Blueprint, Response, g, jsonify, request, send_file
 
 from gateway.api import negotiation
-from gateway.api.fhir_rest import _base as fhir_base
+from gateway.api.fhir_rest import base_url as fhir_base
 from gateway.export import bulk
 from gateway.issues import Issue, operation_outcome
 from gateway.services import services

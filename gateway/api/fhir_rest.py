@@ -31,7 +31,8 @@ def _spec(resource_type: str, interaction: str) -> ResourceType:
     return spec
 
 
-def _base() -> str:
+def base_url() -> str:
+    """The FHIR base URL clients see: `base_url` from the settings, else the request's."""
     configured = services().settings.base_url
     return (configured or request.url_root.rstrip("/") + "/fhir").rstrip("/")
 
@@ -52,7 +53,7 @@ def _version_headers(stored: Stored) -> dict:
     return {
         "ETag": stored.etag,
         "Last-Modified": stored.last_updated.strftime("%a, %d %b %Y %H:%M:%S GMT"),
-        "Location": f"{_base()}/{stored.resource_type}/{stored.id}/_history/{stored.version}",
+        "Location": f"{base_url()}/{stored.resource_type}/{stored.id}/_history/{stored.version}",
     }
 
 
@@ -69,7 +70,7 @@ def _write_reply(result: WriteResult) -> Response:
 
 @blueprint.get("/metadata")
 def metadata():
-    return _reply(capability.statement(_base()))
+    return _reply(capability.statement(base_url()))
 
 
 @blueprint.get("/_history")
@@ -88,7 +89,7 @@ def bundle():
                              expression="Bundle.type")
     resources = services().resources
     handler = resources.transaction if body["type"] == "transaction" else resources.batch
-    return _reply(handler(body, _base()))
+    return _reply(handler(body, base_url()))
 
 
 # --- type level ---------------------------------------------------------------------
@@ -126,7 +127,7 @@ def _search(resource_type: str, pairs: list[tuple[str, str]]) -> Response:
         return negotiation.render_lines(everything(), media_type)
     with found.store.snapshot() as conn:
         bundle = search.search(conn, resource_type, pairs, lenient=lenient,
-                               secret=found.search_secret, base=_base(),
+                               secret=found.search_secret, base=base_url(),
                                keep=(("_format", given_format),) if given_format else ())
     return negotiation.render_bundle(bundle, media_type)
 
@@ -145,7 +146,7 @@ def _history(resource_type: str | None, rid: str | None) -> Response:
     with found.store.snapshot() as conn:
         bundle = history.history(conn, resource_type, rid, pairs,
                                  lenient=negotiation.prefers_lenient(request),
-                                 secret=found.search_secret, base=_base(),
+                                 secret=found.search_secret, base=base_url(),
                                  keep=(("_format", given_format),) if given_format else ())
     return negotiation.render_bundle(bundle, media_type)
 
