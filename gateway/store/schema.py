@@ -9,7 +9,13 @@
 - `search_*`: values extracted at write time from the current version (tokens,
   strings, dates, references, quantities), so search never parses JSON; each is
   read through its (resource_type, param, value...) index.
-- `clients`: API clients; only a hash of each bearer token is kept.
+- `clients`: API clients, their role, organizations or region, read/write limit,
+  OAuth scopes and public keys; only a hash of each bearer token is kept.
+  `access_tokens` and `oauth_assertions` serve OAuth 2.0 client credentials.
+- `resource_owners`, `organization_regions`: which organizations (ФРМО OIDs) a
+  resource belongs to and the region of each organization; the tenancy filter
+  (gateway.store.tenancy) reads only these.
+- `audit_events`: one row per request that touched data, hash-chained.
 - `submissions`: the durable outbox. Every accepted change of a resource adds one
   row in the same transaction as the change; it is also what the MIS follows
   (`status`), with every status change in `submission_events`.
@@ -75,6 +81,7 @@ resource_versions = Table(
     Column("method", String(8), nullable=False),
     Column("deleted", Boolean, nullable=False, default=False),
     Column("content", Text, nullable=True),
+    Column("key_id", String(64), nullable=True),   # the key that encrypted content, if any
     UniqueConstraint("resource_pk", "version"),
     Index(None, "resource_type", "seq"),
     Index(None, "last_updated"),
@@ -155,6 +162,75 @@ clients = Table(
     Column("token_hash", String(64), nullable=False, unique=True),
     Column("created_at", DateTime, nullable=False),
     Column("active", Boolean, nullable=False, default=True),
+    Column("organizations", Text, nullable=True),          # JSON list of ФРМО OIDs (mis)
+    Column("access", String(16), nullable=False, default="read-write"),  # read | write | ...
+    Column("scopes", Text, nullable=True),                 # SMART scopes allowed, space-separated
+    Column("jwks", Text, nullable=True),                   # public keys of JWT client assertions
+    Column("revoked_at", DateTime, nullable=True),
+    Column("rotated_at", DateTime, nullable=True),
+)
+
+# Access tokens issued by POST /auth/token (OAuth 2.0 client credentials); only hashes.
+access_tokens = Table(
+    "access_tokens", metadata,
+    Column("pk", BigId, primary_key=True, autoincrement=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("client_pk", BigId, ForeignKey("clients.pk", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("scopes", Text, nullable=False),
+    Column("issued_at", DateTime, nullable=False),
+    Column("expires_at", DateTime, nullable=False, index=True),
+)
+
+# The `jti` of every client assertion accepted and not yet expired: a replayed assertion
+# is refused.
+oauth_assertions = Table(
+    "oauth_assertions", metadata,
+    Column("jti", String(255), primary_key=True),
+    Column("client_pk", BigId, nullable=False),
+    Column("expires_at", DateTime, nullable=False, index=True),
+)
+
+# Which organizations a resource belongs to. `source` says why: "content" (the resource
+# names the organization, or is it), "writer" (an mis client of it wrote the resource),
+# "role" (a Practitioner with a PractitionerRole there).
+resource_owners = Table(
+    "resource_owners", metadata,
+    Column("resource_pk", BigId, ForeignKey("resources.pk", ondelete="CASCADE"),
+           nullable=False, index=True),
+    Column("organization", String(128), nullable=False),
+    Column("source", String(8), nullable=False),
+    Index(None, "organization", "resource_pk"),
+)
+
+# The region (subject code) of each organization known by its ФРМО OID.
+organization_regions = Table(
+    "organization_regions", metadata,
+    Column("organization", String(128), primary_key=True),
+    Column("region", String(8), nullable=False, index=True),
+)
+
+# The audit trail: append-only, each row's hash covers its content and the previous hash.
+audit_events = Table(
+    "audit_events", metadata,
+    Column("pk", BigId, primary_key=True, autoincrement=True),
+    Column("at", DateTime, nullable=False, index=True),
+    Column("client_pk", BigId, nullable=True),
+    Column("client_name", String(200), nullable=True),
+    Column("role", String(16), nullable=True),
+    Column("organizations", Text, nullable=True),          # JSON list
+    Column("action", String(16), nullable=False),          # C R U D E (AuditEvent.action)
+    Column("operation", String(64), nullable=False),       # read, search, create, $export...
+    Column("resource_type", String(64), nullable=True),
+    Column("resource_ids", Text, nullable=True),           # JSON list of ids
+    Column("outcome", Integer, nullable=False),            # HTTP status
+    Column("address", String(64), nullable=True),
+    Column("request_id", String(64), nullable=True, index=True),
+    Column("method", String(8), nullable=False),
+    Column("path", Text, nullable=False),                  # masked
+    Column("detail", Text, nullable=True),                 # masked
+    Column("previous_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
 )
 
 outbox_bundles = Table(
