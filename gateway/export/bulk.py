@@ -42,6 +42,7 @@ from gateway.export import reader
 from gateway.registry import RESOURCE_TYPES
 from gateway.rounds import run_rounds
 from gateway.settings import Settings
+from gateway.store import clients, tenancy
 from gateway.store.clock import instant, utcnow
 from gateway.store.schema import export_jobs
 
@@ -377,6 +378,19 @@ class _Interrupted(Exception):
     """The job stopped being ours: cancelled, taken over, or the worker is stopping."""
 
 
+def job_access(engine: Engine, job: Job) -> tenancy.Access:
+    """A job reads what the client that asked for it may see; nothing if it is gone.
+
+    A job no client asked for (made by the operator's tools) reads everything.
+    """
+    if job.client_pk is None:
+        return tenancy.SYSTEM
+    client = clients.get(engine, job.client_pk)
+    if client is None or not client.active:
+        return tenancy.NOBODY
+    return tenancy.Access.of(client)
+
+
 class Runner:
     """Runs export jobs: `run_once` does at most one job; `run` loops until stopped."""
 
@@ -409,6 +423,7 @@ class Runner:
         """Write a leased job's files and complete it, or fail, or give it up."""
         folder = self.root / job.id
         shutil.rmtree(folder, ignore_errors=True)       # what an earlier attempt left
+        access = tenancy.current_access.set(job_access(self.engine, job))
         try:
             output = self._export(job, folder)
             if not _renew(self.engine, job, self.name, self.lease, state=COMPLETED,
@@ -424,6 +439,8 @@ class Runner:
             _renew(self.engine, job, self.name, self.lease, state=FAILED,
                    error=f"{type(error).__name__}: {error}"[:500], lease_until=None,
                    completed_at=utcnow())
+        finally:
+            tenancy.current_access.reset(access)
 
     def _export(self, job: Job, folder: Path) -> list[dict]:
         as_of = reader.latest_change(self.engine)

@@ -54,6 +54,7 @@ from gateway.signing import SignatureInvalid, Signer
 from gateway.store import clock
 from gateway.store.repository import Store
 from gateway.store.schema import resource_versions, resources, search_reference, search_token
+from gateway.store.tenancy import visible
 from gateway.validation import systems
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,8 @@ def _current(resource_type: str, *extra):
                   resources.c.last_updated, resource_versions.c.content, *extra) \
         .join(resource_versions, and_(resource_versions.c.resource_pk == resources.c.pk,
                                       resource_versions.c.version == resources.c.version)) \
-        .where(resources.c.resource_type == resource_type, resources.c.deleted.is_(False))
+        .where(resources.c.resource_type == resource_type, resources.c.deleted.is_(False),
+               visible(resources.c.pk))
 
 
 def _row(r) -> Row:
@@ -195,7 +197,8 @@ def _conditions(register: str, since: datetime | None) -> list:
     """The WHERE conditions on `resources` that pick a register's records."""
     _check(register)
     main = _MAIN_TYPE[register]
-    conditions = [resources.c.resource_type == main, resources.c.deleted.is_(False)]
+    conditions = [resources.c.resource_type == main, resources.c.deleted.is_(False),
+                  visible(resources.c.pk)]      # only what the caller may see (tenancy)
     if register == "frmo":
         conditions += [_has_frmo_oid(), ~_is_department()]
     if since is not None:

@@ -4,6 +4,8 @@ Used by `$export` jobs (gateway.export.bulk) and by `gateway export`. Memory doe
 not grow with the number of resources: a type is read in keyset pages of `BATCH`
 rows (`resources.pk > last`, one short query each, no transaction held between
 them), and each row's stored JSON text is handed on as it is, never parsed.
+Only resources the caller may see are read (gateway.store.tenancy: a job runs
+with the access of the client that asked for it).
 
 Consistency: `latest_change` is the time of the latest committed change (the
 change clock; gateway.store.repository "Change order" explains why every change
@@ -21,6 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from gateway.store.clock import utcnow
 from gateway.store.schema import change_clock, resource_versions, resources
+from gateway.store.tenancy import visible
 
 BATCH = 1000                     # rows per query: the unit of memory and of cancellation
 
@@ -39,7 +42,8 @@ def latest_change(engine: Engine) -> datetime:
 def count(engine: Engine, resource_type: str, since: datetime | None = None) -> int:
     """Live resources of a type (changed after `since`): the total a progress bar shows."""
     query = select(func.count()).select_from(resources).where(
-        resources.c.resource_type == resource_type, resources.c.deleted.is_(False))
+        resources.c.resource_type == resource_type, resources.c.deleted.is_(False),
+        visible(resources.c.pk))
     if since is not None:
         query = query.where(resources.c.last_updated > since)
     with engine.connect() as conn:
@@ -84,6 +88,7 @@ def _page(resource_type: str, after: int, as_of: datetime, since: datetime | Non
     page = select(resources.c.pk, resources.c.id, resources.c.version,
                   resources.c.last_updated).where(
         resources.c.resource_type == resource_type, resources.c.pk > after,
+        visible(resources.c.pk),            # only what the caller may see (tenancy)
         # deleted ones only if deleted after as_of (they were live then)
         or_(resources.c.deleted.is_(False), resources.c.last_updated > as_of),
     ).order_by(resources.c.pk).limit(size)

@@ -43,6 +43,7 @@ from gateway.search.params import (
     Token,
 )
 from gateway.store.schema import INDEX_TABLES, resource_versions, resources, search_reference
+from gateway.store.tenancy import visible
 
 INCLUDE_LIMIT = 1000        # included resources per page, all includes together
 _SORT_COLUMN = {"string": "value", "token": "code", "quantity": "value"}
@@ -96,7 +97,7 @@ def run(conn: Connection, request: SearchRequest, position: Position | None = No
 
 def filters(conn: Connection, resource_type: str, clauses) -> list[ColumnElement]:
     postgres = conn.dialect.name == "postgresql"
-    return [*_live(resources, resource_type, clauses, postgres),
+    return [*_live(resources, resource_type, clauses, postgres), visible(resources.c.pk),
             *(_clause(resource_type, clause, resources, postgres) for clause in clauses)]
 
 
@@ -128,7 +129,7 @@ def _clause(resource_type: str, clause: Clause, row, postgres: bool) -> ColumnEl
     if clause.chain is not None:
         target = resources.alias()
         targets = select(target.c.id).where(
-            *_live(target, clause.target, [clause.chain], postgres),
+            *_live(target, clause.target, [clause.chain], postgres), visible(target.c.pk),
             _clause(clause.target, clause.chain, target, postgres))
         return row.c.pk.in_(select(table.c.resource_pk).where(
             rows_of_param, table.c.target_type == clause.target, table.c.target_id.in_(targets)))
@@ -370,10 +371,12 @@ def _add(page: Page, seen: set, rows) -> bool:
 
 
 def _with_content():
+    """Included resources with their content: only those the caller may see."""
     return select(resources.c.pk, resources.c.resource_type, resources.c.id,
                   resource_versions.c.content).join(
         resource_versions, and_(resource_versions.c.resource_pk == resources.c.pk,
-                                resource_versions.c.version == resources.c.version))
+                                resource_versions.c.version == resources.c.version)) \
+        .where(visible(resources.c.pk))
 
 
 def _forward(conn: Connection, resource_type: str, include: Include, pks: list[int]):

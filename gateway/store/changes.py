@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 
 from gateway.store.repository import EPOCH, TICK, Stored, stored_from_row
 from gateway.store.schema import change_clock, resource_versions, resources
+from gateway.store.tenancy import visible
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,10 @@ def horizon(conn: Connection) -> Horizon:
 
 
 def resource_pk(conn: Connection, resource_type: str, rid: str) -> int | None:
+    """The primary key of a resource the caller may see; None otherwise."""
     return conn.execute(select(resources.c.pk).where(
-        resources.c.resource_type == resource_type, resources.c.id == rid)).scalar()
+        resources.c.resource_type == resource_type, resources.c.id == rid,
+        visible(resources.c.pk))).scalar()
 
 
 def page(conn: Connection, *, upto: int, count: int, resource_type: str | None = None,
@@ -59,9 +62,11 @@ def page(conn: Connection, *, upto: int, count: int, resource_type: str | None =
 
     Narrowed to one type, or to one resource by its `resources.pk`, and to
     changes at or after `since`. Each form is one index range: (resource_type,
-    seq), (resource_pk, version) or the primary key.
+    seq), (resource_pk, version) or the primary key. Only changes of resources the
+    caller may see (gateway.store.tenancy).
     """
-    query = select(resource_versions).where(resource_versions.c.seq <= upto)
+    query = select(resource_versions).where(resource_versions.c.seq <= upto,
+                                            visible(resource_versions.c.resource_pk))
     if below is not None:
         query = query.where(resource_versions.c.seq < below)
     if pk is not None:

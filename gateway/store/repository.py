@@ -48,7 +48,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from gateway.errors import Conflict, Gone, InvalidRequest, NotFound, PreconditionFailed
-from gateway.store import indexing, submissions
+from gateway.store import encryption, indexing, submissions, tenancy
 from gateway.store.clock import instant, utcnow
 from gateway.store.schema import (
     INDEX_TABLES,
@@ -101,15 +101,22 @@ class Store:
 
     @contextmanager
     def write(self):
-        """One write transaction (BEGIN IMMEDIATE on SQLite), holding the change clock."""
+        """One write transaction (BEGIN IMMEDIATE on SQLite), holding the change clock.
+
+        Before it commits, the tenancy rule settles the owners of what it wrote and
+        refuses (rolling everything back) a write the caller may not make.
+        """
         with self.engine.connect().execution_options(write=True) as conn:
             conn.info.pop(CLOCK_KEY, None)
+            conn.info.pop(tenancy.PENDING_KEY, None)
             try:
                 with conn.begin():
                     self._hold_clock(conn)
                     yield conn
+                    tenancy.settle(conn)
             finally:
                 conn.info.pop(CLOCK_KEY, None)
+                conn.info.pop(tenancy.PENDING_KEY, None)
 
     @contextmanager
     def snapshot(self):
@@ -142,20 +149,27 @@ class Store:
     # --- reads ---------------------------------------------------------------------
 
     def read(self, resource_type: str, rid: str) -> Stored:
+        """The current version, if the caller may see it (gateway.store.tenancy)."""
         with self.engine.connect() as conn:
-            return self.read_in(conn, resource_type, rid)
+            return self.read_in(conn, resource_type, rid, restricted=True)
 
-    def read_in(self, conn: Connection, resource_type: str, rid: str) -> Stored:
+    def read_in(self, conn: Connection, resource_type: str, rid: str,
+                restricted: bool = False) -> Stored:
+        """The current version; `restricted` hides what the caller may not see.
+
+        Writes read unrestricted: the tenancy rule judges them when they settle.
+        """
         row = conn.execute(
             select(resource_versions)
             .join(resources, and_(resources.c.pk == resource_versions.c.resource_pk,
                                   resources.c.version == resource_versions.c.version))
-            .where(resources.c.resource_type == resource_type, resources.c.id == rid)
+            .where(resources.c.resource_type == resource_type, resources.c.id == rid,
+                   *([tenancy.visible(resources.c.pk)] if restricted else []))
         ).first()
         if row is None:
             raise NotFound(f"Ресурс {resource_type}/{rid} не найден.",
                            f"Resource {resource_type}/{rid} not found.")
-        stored = stored_from_row(row)
+        stored = stored_from_row(row, encryption.keyring_of(conn))
         if stored.deleted:
             raise Gone(f"Ресурс {resource_type}/{rid} удалён.",
                        f"Resource {resource_type}/{rid} was deleted.",
@@ -167,11 +181,13 @@ class Store:
             row = conn.execute(select(resource_versions).where(
                 resource_versions.c.resource_type == resource_type,
                 resource_versions.c.id == rid,
-                resource_versions.c.version == version)).first()
+                resource_versions.c.version == version,
+                tenancy.visible(resource_versions.c.resource_pk))).first()
+            keyring = encryption.keyring_of(conn)
         if row is None:
             raise NotFound(f"Версия {version} ресурса {resource_type}/{rid} не найдена.",
                            f"Version {version} of {resource_type}/{rid} not found.")
-        stored = stored_from_row(row)
+        stored = stored_from_row(row, keyring)
         if stored.deleted:
             raise Gone(f"Версия {version} ресурса {resource_type}/{rid} — удаление.",
                        f"Version {version} of {resource_type}/{rid} is a deletion.")
@@ -267,6 +283,7 @@ class Store:
         pk, version, deleted = current
         if deleted:
             return None
+        tenancy.touched(conn, pk, resource_type, rid, None, existed=True)
         now = self.change_time(conn)
         conn.execute(insert(resource_versions).values(
             resource_pk=pk, resource_type=resource_type, id=rid, version=version + 1,
@@ -311,7 +328,16 @@ class Store:
 
     @staticmethod
     def existing(conn: Connection, stored: Stored, outcome: str) -> WriteResult:
-        """A write that changed nothing, pointing at the resource's latest submission."""
+        """A write that changed nothing, pointing at the resource's latest submission.
+
+        The caller sees the stored resource in the answer, so the tenancy rule
+        checks it may (gateway.store.tenancy).
+        """
+        pk = conn.execute(select(resources.c.pk).where(
+            resources.c.resource_type == stored.resource_type,
+            resources.c.id == stored.id)).scalar_one()
+        tenancy.touched(conn, pk, stored.resource_type, stored.id, stored.content,
+                        existed=True, written=False)
         return WriteResult(stored, outcome,
                            submissions.latest(conn, stored.resource_type, stored.id))
 
@@ -333,10 +359,14 @@ class Store:
             insert(resources).returning(resources.c.pk, sort_by_parameter_order=True),
             [{"resource_type": r["resourceType"], "id": rid, "version": 1, "last_updated": now,
               "deleted": False} for r, rid in items]).scalars().all()
+        for pk, (resource, rid) in zip(pks, items, strict=True):
+            tenancy.touched(conn, pk, resource["resourceType"], rid, resource, existed=False)
         contents = [_with_meta(resource, rid, 1, now) for resource, rid in items]
+        keyring = encryption.keyring_of(conn)      # content and key_id (encryption at rest)
         conn.execute(insert(resource_versions), [
             {"resource_pk": pk, "resource_type": c["resourceType"], "id": c["id"], "version": 1,
-             "last_updated": now, "method": method, "deleted": False, "content": _dump(c)}
+             "last_updated": now, "method": method, "deleted": False,
+             **keyring.sealed(_dump(c), c["resourceType"], c["id"], 1)}
             for pk, c in zip(pks, contents, strict=True)])
         self._index(conn, list(zip(pks, contents, strict=True)))
         written = [Stored(c["resourceType"], c["id"], 1, now, False, c) for c in contents]
@@ -346,11 +376,14 @@ class Store:
     def _write_version(self, conn: Connection, pk: int, resource: dict, rid: str,
                        version: int, method: str) -> Stored:
         """A new version (> 1) of an existing resource."""
+        tenancy.touched(conn, pk, resource["resourceType"], rid, resource, existed=True)
         now = self.change_time(conn)
         content = _with_meta(resource, rid, version, now)
         conn.execute(insert(resource_versions).values(
             resource_pk=pk, resource_type=content["resourceType"], id=rid, version=version,
-            last_updated=now, method=method, deleted=False, content=_dump(content)))
+            last_updated=now, method=method, deleted=False,
+            **encryption.keyring_of(conn).sealed(_dump(content), content["resourceType"], rid,
+                                                 version)))
         conn.execute(update(resources).where(resources.c.pk == pk).values(
             version=version, last_updated=now, deleted=False))
         self._unindex(conn, pk)
@@ -438,7 +471,9 @@ def _dump(content: dict) -> str:
     return json.dumps(content, ensure_ascii=False, separators=(",", ":"))
 
 
-def stored_from_row(row) -> Stored:
-    content = json.loads(row.content) if row.content else None
+def stored_from_row(row, keyring: encryption.Keyring = encryption.PLAIN) -> Stored:
+    """A Stored from a full `resource_versions` row; `keyring`: encryption.keyring_of(conn)
+    (without it, a row sealed at rest is refused with an error naming its key)."""
+    content = keyring.load_row(row)
     return Stored(row.resource_type, row.id, row.version, row.last_updated, row.deleted,
                   content)

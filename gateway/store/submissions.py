@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection
 
 from gateway import workdays
 from gateway.delivery import routing
-from gateway.store import webhooks
+from gateway.store import tenancy, webhooks
 from gateway.store.clock import instant, optional_instant
 from gateway.store.schema import resources, search_token, submission_events, submissions
 
@@ -179,7 +179,9 @@ def encode(detail: dict | None) -> str | None:
 # --- reading --------------------------------------------------------------------------
 
 def get(conn: Connection, sid: str) -> dict | None:
-    row = conn.execute(select(submissions).where(submissions.c.id == sid)).first()
+    """A submission of a resource the caller may see (gateway.store.tenancy); else None."""
+    row = conn.execute(select(submissions).where(
+        submissions.c.id == sid, _visible())).first()
     if row is None:
         return None
     events = conn.execute(select(submission_events).where(
@@ -192,8 +194,11 @@ def search(conn: Connection, status: list[str] | None = None, since: datetime | 
            organization: str | None = None, resource: str | None = None,
            overdue: bool | None = None, after: int | None = None,
            limit: int = 100) -> tuple[list[dict], int | None]:
-    """Submissions oldest first, filtered; returns them and the cursor of the next page."""
-    query = select(submissions).order_by(submissions.c.pk)
+    """Submissions oldest first, filtered; returns them and the cursor of the next page.
+
+    Only those of resources the caller may see (gateway.store.tenancy).
+    """
+    query = select(submissions).where(_visible()).order_by(submissions.c.pk)
     if status:
         query = query.where(submissions.c.status.in_(status))
     if since is not None:
@@ -215,6 +220,10 @@ def search(conn: Connection, status: list[str] | None = None, since: datetime | 
     answers = _answers(conn, rows)
     return [describe(r, today, answered_by=answers.get(r.pk)) for r in rows], \
         (rows[-1].pk if more else None)
+
+
+def _visible():
+    return tenancy.visible_by_key(submissions.c.resource_type, submissions.c.resource_id)
 
 
 def counts(conn: Connection) -> dict[str, int]:

@@ -1,0 +1,381 @@
+"""Who may see and change which resources: the tenancy rule, in one place.
+
+Every request runs with an `Access` (set by the API layer from the client; the
+worker and the CLI run as `SYSTEM`). The store consults it itself, so no
+endpoint can forget it:
+- reads: `visible(pk_column)` is a condition on a resource's primary key that
+  every read path adds to its query (read, vread, search and its includes and
+  chains, history, bulk export, the legacy export, submissions). What a client
+  may not see does not exist for it: 404, never 403, so existence does not leak;
+- writes: each write records what it touched in the transaction, and `settle`
+  runs just before the commit, computes the owners and refuses (403, rolling the
+  whole transaction back) a write of another organization's data.
+
+Ownership. A resource belongs to the ФРМО organizations (their OIDs) in
+`resource_owners`, for one of three reasons (`source`):
+- "content": the resource is an organization with a ФРМО OID, a department of
+  one (`partOf`), a PractitionerRole at one, or a record naming one as performer;
+- "role": a Practitioner with a live PractitionerRole at the organization;
+- "writer": an `mis` client of the organization wrote it (patients and the
+  records a clinic submitted name no organization of their own).
+An organization's region is its `address[0].state` (the subject code, e.g. 77),
+kept in `organization_regions`; a `region` client sees what belongs to an
+organization of its region, whenever that organization arrived.
+
+Writes by an `mis` client are refused when:
+- an Organization or PractitionerRole names an organization not its own;
+- the resource exists and belongs to none of its organizations (a Practitioner
+  is also the clinic's when, after the write, he has a role there: a clinic may
+  register a doctor who already works elsewhere);
+- a conditional create or an unchanged write matched a resource it may not see.
+`region` clients and read-only clients never write.
+"""
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from sqlalchemy import and_, delete, exists, insert, select, true, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import ColumnElement
+
+from gateway.errors import Forbidden
+from gateway.store.schema import (
+    organization_regions,
+    resource_owners,
+    resources,
+    search_reference,
+)
+from gateway.validation import systems
+
+CONTENT, ROLE, WRITER = "content", "role", "writer"
+PENDING_KEY = "gateway.tenancy.pending"     # conn.info: what this transaction touched
+STRUCTURE = ("Organization", "PractitionerRole")
+
+
+@dataclass(frozen=True)
+class Access:
+    """What the current caller may see and change."""
+
+    role: str                               # system | admin | mis | region
+    organizations: frozenset[str] = frozenset()
+    region: str | None = None
+    can_write: bool = True
+    label: str = ""                         # who, for messages (the client's name)
+
+    @property
+    def unrestricted(self) -> bool:
+        return self.role in ("system", "admin")
+
+    @classmethod
+    def of(cls, client) -> Access:
+        """The access of an API client (gateway.store.clients.Client)."""
+        return cls(client.role, frozenset(client.organizations), client.region,
+                   client.can_write, client.name)
+
+
+SYSTEM = Access("system", label="gateway")
+NOBODY = Access("mis", can_write=False, label="anonymous")   # sees and writes nothing
+
+# The access of the code running now. Outside a request (worker, CLI) it is SYSTEM;
+# the API layer sets it for every request, NOBODY until the client is known.
+current_access: ContextVar[Access] = ContextVar("current_access", default=SYSTEM)
+
+
+# --- reading --------------------------------------------------------------------------
+
+def visible(pk_column, access: Access | None = None) -> ColumnElement:
+    """The condition a resource's primary key must meet to be seen by `access`."""
+    access = access or current_access.get()
+    if access.unrestricted:
+        return true()
+    return pk_column.in_(owned_pks(access))
+
+
+def owned_pks(access: Access):
+    """SELECT of the primary keys of every resource `access` may see (not unrestricted)."""
+    owners = resource_owners
+    if access.role == "mis":
+        return select(owners.c.resource_pk).where(
+            owners.c.organization.in_(sorted(access.organizations)))
+    if access.role == "region" and access.region:
+        in_region = select(organization_regions.c.organization).where(
+            organization_regions.c.region == access.region)
+        return select(owners.c.resource_pk).where(owners.c.organization.in_(in_region))
+    return select(owners.c.resource_pk).where(owners.c.organization.is_(None))   # nothing
+
+
+def visible_by_key(type_column, id_column, access: Access | None = None) -> ColumnElement:
+    """The same condition for a row naming a resource by (type, id), e.g. a submission."""
+    access = access or current_access.get()
+    if access.unrestricted:
+        return true()
+    return exists().where(resources.c.resource_type == type_column,
+                          resources.c.id == id_column, resources.c.pk.in_(owned_pks(access)))
+
+
+def sees(conn: Connection, pk: int, access: Access | None = None) -> bool:
+    access = access or current_access.get()
+    if access.unrestricted:
+        return True
+    return conn.execute(select(resources.c.pk).where(
+        resources.c.pk == pk, visible(resources.c.pk, access))).first() is not None
+
+
+def may_see_organization(organization: str | None, access: Access | None = None) -> bool:
+    """Whether an organization's own records (by OID) are the caller's business."""
+    access = access or current_access.get()
+    return access.unrestricted or (organization in access.organizations)
+
+
+# --- writing --------------------------------------------------------------------------
+
+def touched(conn: Connection, pk: int, resource_type: str, rid: str, content: dict | None,
+            existed: bool, written: bool = True) -> None:
+    """Note a resource this transaction writes (or matched, `written=False`).
+
+    Called before the write changes the search index: the owners and, for a
+    role, the practitioner it named are read now, as they were.
+    """
+    pending = conn.info.setdefault(PENDING_KEY, {})
+    if pk in pending:
+        before, linked = pending[pk]["before"], pending[pk]["linked"]
+        written = written or pending[pk]["written"]
+    else:
+        before = owners_of(conn, pk) if existed else None
+        linked = _practitioners_of_role_pk(conn, pk) \
+            if existed and resource_type == "PractitionerRole" else set()
+    pending[pk] = {"type": resource_type, "id": rid, "content": content, "before": before,
+                   "written": written, "linked": linked}
+
+
+def settle(conn: Connection, access: Access | None = None) -> None:
+    """Recompute the owners of what this transaction touched, then check the caller may.
+
+    Runs inside the write transaction just before it commits; a refusal raises
+    Forbidden and the whole transaction rolls back.
+    """
+    pending = conn.info.pop(PENDING_KEY, None)
+    if not pending:
+        return
+    access = access or current_access.get()
+    written = [pk for pk, item in pending.items() if item["written"]]
+    if written and not access.can_write:
+        raise Forbidden("Этому клиенту запись запрещена (доступ только на чтение).",
+                        "This client may not write (read-only access).")
+    practitioners: set[str] = set()
+    # Organizations first: what else this transaction wrote may name them.
+    order = sorted(pending, key=lambda pk: pending[pk]["type"] != "Organization")
+    for pk in order:
+        item = pending[pk]
+        if not item["written"]:
+            continue
+        claims = _content_owners(conn, item["type"], item["content"], item["id"])
+        if not access.unrestricted:
+            _check_claims(access, item["type"], item["id"], claims)
+        _replace(conn, pk, CONTENT, claims)
+        if not access.unrestricted and access.role == "mis":
+            _add(conn, pk, WRITER, access.organizations)
+        if item["type"] == "Organization":
+            _set_region(conn, item["content"], claims)
+            _refresh_dependants(conn, item["id"])
+        if item["type"] == "Practitioner":
+            practitioners.add(item["id"])
+        if item["type"] == "PractitionerRole":
+            practitioners |= _practitioners_named(item["content"]) | item["linked"]
+    for rid in practitioners:
+        _refresh_practitioner(conn, rid)
+    if access.unrestricted:
+        return
+    for pk, item in pending.items():
+        _check_ownership(conn, access, pk, item)
+
+
+def _check_claims(access: Access, resource_type: str, rid: str, claims: set[str]) -> None:
+    """Organizations and roles may only name the writer's own organizations."""
+    if resource_type not in STRUCTURE:
+        return
+    foreign = claims - access.organizations
+    if foreign:
+        raise Forbidden(
+            f"{resource_type}/{rid} относится к чужой организации: клиент может изменять "
+            "только данные своих организаций.",
+            f"{resource_type}/{rid} belongs to another organization; this client may change "
+            "only its own organizations' data.")
+
+
+def _check_ownership(conn: Connection, access: Access, pk: int, item: dict) -> None:
+    mine = access.organizations if access.role == "mis" else frozenset()
+    before = item["before"]
+    if item["written"] and before is not None and before.isdisjoint(mine):
+        after = owners_of(conn, pk, sources=(CONTENT, ROLE))
+        if not (item["type"] == "Practitioner" and not after.isdisjoint(mine)):
+            raise _foreign(item)
+    if not item["written"] and owners_of(conn, pk).isdisjoint(mine):
+        raise _foreign(item)
+
+
+def _foreign(item: dict) -> Forbidden:
+    return Forbidden(
+        f"{item['type']}/{item['id']} принадлежит другой организации: изменять его этот "
+        "клиент не может.",
+        f"{item['type']}/{item['id']} belongs to another organization; this client may not "
+        "change it.")
+
+
+def owners_of(conn: Connection, pk: int, sources: tuple[str, ...] | None = None) -> set[str]:
+    query = select(resource_owners.c.organization).where(resource_owners.c.resource_pk == pk)
+    if sources:
+        query = query.where(resource_owners.c.source.in_(sources))
+    return set(conn.execute(query).scalars())
+
+
+def _replace(conn: Connection, pk: int, source: str, organizations) -> None:
+    conn.execute(delete(resource_owners).where(resource_owners.c.resource_pk == pk,
+                                               resource_owners.c.source == source))
+    _add(conn, pk, source, organizations)
+
+
+def _add(conn: Connection, pk: int, source: str, organizations) -> None:
+    have = owners_of(conn, pk, sources=(source,))
+    new = sorted(set(organizations) - have)
+    if new:
+        conn.execute(insert(resource_owners), [
+            {"resource_pk": pk, "organization": oid, "source": source} for oid in new])
+
+
+# --- what a resource names ---------------------------------------------------------------
+
+def _content_owners(conn: Connection, resource_type: str, content: dict | None,
+                    rid: str) -> set[str]:
+    """The organizations a resource's content places it in (ФРМО OIDs)."""
+    if content is None:                              # a deletion keeps its owners
+        return _current(conn, resource_type, rid, CONTENT)
+    if resource_type == "Organization":
+        own = frmo_oid(content)
+        if own:
+            return {own}
+        parent = content.get("partOf")
+        return _organizations(conn, [parent]) if isinstance(parent, dict) else set()
+    named = {
+        "PractitionerRole": [content.get("organization")],
+        "Immunization": [p.get("actor") for p in content.get("performer") or []
+                         if isinstance(p, dict)],
+        "DiagnosticReport": content.get("performer") or [],
+        "Observation": content.get("performer") or [],
+    }.get(resource_type, [])
+    return _organizations(conn, [r for r in named if isinstance(r, dict)])
+
+
+def frmo_oid(organization: dict) -> str | None:
+    for identifier in organization.get("identifier") or []:
+        if isinstance(identifier, dict) and identifier.get("system") == systems.FRMO \
+                and isinstance(identifier.get("value"), str):
+            return identifier["value"].removeprefix("urn:oid:")
+    return None
+
+
+def _organizations(conn: Connection, references: list[dict]) -> set[str]:
+    """The ФРМО OIDs behind Organization references (literal or by identifier)."""
+    found: set[str] = set()
+    for reference in references:
+        identifier = reference.get("identifier")
+        if isinstance(identifier, dict) and identifier.get("system") == systems.FRMO \
+                and isinstance(identifier.get("value"), str):
+            found.add(identifier["value"].removeprefix("urn:oid:"))
+            continue
+        literal = reference.get("reference")
+        if isinstance(literal, str) and literal.startswith("Organization/"):
+            found |= _current(conn, "Organization", literal.split("/")[1], CONTENT)
+    return found
+
+
+def _current(conn: Connection, resource_type: str, rid: str, source: str) -> set[str]:
+    return set(conn.execute(select(resource_owners.c.organization).join(
+        resources, resources.c.pk == resource_owners.c.resource_pk).where(
+        resources.c.resource_type == resource_type, resources.c.id == rid,
+        resource_owners.c.source == source)).scalars())
+
+
+def _set_region(conn: Connection, organization: dict | None, claims: set[str]) -> None:
+    """Remember the region of an organization with its own ФРМО OID."""
+    oid = frmo_oid(organization) if organization else None
+    addresses = (organization or {}).get("address") or []
+    state = addresses[0].get("state") if addresses and isinstance(addresses[0], dict) else None
+    if not oid or not isinstance(state, str):
+        return
+    if conn.execute(update(organization_regions).where(
+            organization_regions.c.organization == oid).values(region=state)).rowcount == 0:
+        conn.execute(insert(organization_regions).values(organization=oid, region=state))
+
+
+def _refresh_dependants(conn: Connection, organization_id: str) -> None:
+    """An organization's OID may have arrived after what names it: recompute those."""
+    ref = search_reference
+    named = conn.execute(select(ref.c.resource_pk, resources.c.resource_type, resources.c.id)
+                         .join(resources, resources.c.pk == ref.c.resource_pk).where(
+        ref.c.target_type == "Organization", ref.c.target_id == organization_id,
+        resources.c.deleted.is_(False))).all()
+    owners = _current(conn, "Organization", organization_id, CONTENT)
+    for pk, resource_type, _rid in named:
+        if owners - owners_of(conn, pk, sources=(CONTENT,)):
+            _add(conn, pk, CONTENT, owners)
+            if resource_type == "PractitionerRole":
+                for practitioner in _practitioners_of_role_pk(conn, pk):
+                    _refresh_practitioner(conn, practitioner)
+
+
+def _practitioners_named(role: dict | None) -> set[str]:
+    reference = (role or {}).get("practitioner") or {}
+    literal = reference.get("reference") if isinstance(reference, dict) else None
+    if isinstance(literal, str) and literal.startswith("Practitioner/"):
+        return {literal.split("/")[1]}
+    return set()
+
+
+def _practitioners_of_role_pk(conn: Connection, pk: int) -> set[str]:
+    ref = search_reference
+    return set(conn.execute(select(ref.c.target_id).where(
+        ref.c.resource_pk == pk, ref.c.param == "practitioner",
+        ref.c.target_type == "Practitioner")).scalars())
+
+
+def _refresh_practitioner(conn: Connection, rid: str) -> None:
+    """A practitioner belongs to every organization where he has a live role."""
+    pk = conn.execute(select(resources.c.pk).where(
+        resources.c.resource_type == "Practitioner", resources.c.id == rid)).scalar()
+    if pk is None:
+        return
+    ref, role_owners = search_reference, resource_owners.alias()
+    organizations = conn.execute(select(role_owners.c.organization).distinct().join(
+        ref, ref.c.resource_pk == role_owners.c.resource_pk).where(
+        ref.c.resource_type == "PractitionerRole", ref.c.param == "practitioner",
+        ref.c.target_type == "Practitioner", ref.c.target_id == rid,
+        role_owners.c.source == CONTENT)).scalars().all()
+    _replace(conn, pk, ROLE, organizations)
+
+
+def rebuild(conn: Connection, batch: int = 1000) -> int:
+    """Recompute content and role owners of every resource (after an upgrade); the count."""
+    done, last = 0, 0
+    while True:
+        rows = conn.execute(select(resources.c.pk, resources.c.resource_type, resources.c.id)
+                            .where(resources.c.pk > last).order_by(resources.c.pk)
+                            .limit(batch)).all()
+        if not rows:
+            return done
+        for pk, resource_type, rid in rows:
+            touched(conn, pk, resource_type, rid, _content(conn, pk), existed=True)
+        settle(conn, SYSTEM)
+        done, last = done + len(rows), rows[-1].pk
+
+
+def _content(conn: Connection, pk: int) -> dict | None:
+    from gateway.store.repository import stored_from_row
+    from gateway.store.schema import resource_versions
+    row = conn.execute(select(resource_versions).join(resources, and_(
+        resources.c.pk == resource_versions.c.resource_pk,
+        resources.c.version == resource_versions.c.version)).where(
+        resources.c.pk == pk)).first()
+    from gateway.store.encryption import keyring_of  # bodies may be encrypted at rest
+    return stored_from_row(row, keyring_of(conn)).content if row is not None else None
