@@ -12,13 +12,14 @@ import logging
 from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 
-from gateway.api import negotiation
+from gateway import logs
+from gateway.api import negotiation, protection
 from gateway.errors import GatewayError
 from gateway.issues import Issue, operation_outcome
 from gateway.mapping import loader as mapping_loader
 from gateway.services import Services, load_terminology
 from gateway.settings import Settings, load_settings
-from gateway.store import database
+from gateway.store import database, encryption
 from gateway.store.repository import Store
 
 log = logging.getLogger("gateway")
@@ -27,27 +28,33 @@ log = logging.getLogger("gateway")
 def create_app(settings: Settings | dict | None = None) -> Flask:
     if not isinstance(settings, Settings):
         settings = load_settings(settings)
-    logging.basicConfig(level=settings.log_level)
+    logs.configure(settings.log_format, settings.log_level)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.ensure_ascii = False
 
     settings.data_path.mkdir(parents=True, exist_ok=True)
-    engine = database.make_engine(settings.effective_database_url)
+    engine = database.make_engine(settings.effective_database_url,
+                                  encryption.keyring_from(settings))
     if settings.auto_migrate:
         database.upgrade(engine)
     books = load_terminology(settings)
     app.extensions["gateway"] = Services(settings, engine, Store(engine), books,
                                          mapping_loader.load_all(books))
 
-    from gateway.api import auth, bulk, delivery, export, fhir_rest, health, intake
+    from gateway.api import admin, auth, bulk, delivery, export, fhir_rest, health, intake, oauth
     app.register_blueprint(health.blueprint)
     app.register_blueprint(bulk.blueprint, url_prefix="/fhir")
     app.register_blueprint(fhir_rest.blueprint, url_prefix="/fhir")
     app.register_blueprint(intake.blueprint, url_prefix="/api/v1")
     app.register_blueprint(export.blueprint, url_prefix="/api/v1")
     app.register_blueprint(delivery.blueprint)
+    app.register_blueprint(admin.blueprint, url_prefix="/api/v1/admin")
+    app.register_blueprint(oauth.blueprint)
+    protection.install(app)           # request id, address throttle, access log (before auth)
     app.before_request(auth.require_token)
+    app.before_request(protection.limit_client)    # after require_token: needs g.client
+    app.before_request(oauth.enforce_scopes)       # after require_token: needs g.client
     app.register_error_handler(Exception, handle_error)
     return app
 

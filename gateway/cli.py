@@ -2,10 +2,14 @@
 
     gateway serve [--host H] [--port P]       production server (gunicorn, gthread)
     gateway db upgrade                        create or migrate the schema
-    gateway clients create --name N --role R  prints the new token on its last line
+    gateway clients create --name N --role R [--org OID]... [--region RR] [--access A]
+                                              prints the new token on its last line
+    gateway clients list|revoke ID|rotate ID|set-jwks ID FILE
+    gateway tenancy rebuild                   recompute resource owners (after upgrade)
     gateway validate FILE                     OperationOutcome for a JSON/XML file
     gateway nsi load FILE|DIR                 load full НСИ books into the data dir
     gateway worker [--once]                   deliver the outbox, run bulk export jobs
+    gateway keys new-encryption-key|reencrypt encryption at rest: a key line; rotate rows
     gateway export --format F --output DIR    ndjson | fhir-json | fhir-xml | legacy-xml files
 """
 from __future__ import annotations
@@ -25,9 +29,13 @@ def main() -> None:
 
 
 def _engine(settings: Settings):
-    from gateway.store import database
+    from gateway.store import database, encryption
     settings.data_path.mkdir(parents=True, exist_ok=True)
-    return database.make_engine(settings.effective_database_url)
+    try:
+        keyring = encryption.keyring_from(settings)
+    except encryption.KeyringError as exc:
+        raise click.ClickException(str(exc)) from None
+    return database.make_engine(settings.effective_database_url, keyring)
 
 
 # --- serve ---------------------------------------------------------------------------
@@ -140,18 +148,110 @@ def clients() -> None:
 @clients.command("create")
 @click.option("--name", required=True)
 @click.option("--role", required=True, type=click.Choice(["mis", "region", "admin"]))
-@click.option("--org", "organization", help="ФРМО OID of the client's organization.")
+@click.option("--org", "organizations", multiple=True,
+              help="ФРМО OID of an organization of an mis client (repeat for several).")
 @click.option("--region", help="Two-digit region code, for regional systems.")
-def clients_create(name: str, role: str, organization: str | None, region: str | None) -> None:
+@click.option("--access", default="read-write", show_default=True,
+              type=click.Choice(["read", "write", "read-write"]))
+@click.option("--scopes", help="SMART scopes it may take with OAuth, e.g. 'system/*.rs'.")
+@click.option("--jwks", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON Web Key Set of its public keys, for OAuth client assertions.")
+def clients_create(name: str, role: str, organizations: tuple[str, ...], region: str | None,
+                   access: str, scopes: str | None, jwks: Path | None) -> None:
     """Register a client; its token is printed once, on the last line."""
-    from gateway.store import database
-    from gateway.store.clients import create_client
-    settings = load_settings()
-    engine = _engine(settings)
-    database.upgrade(engine)
-    client, token = create_client(engine, name, role, organization, region)
-    click.echo(f"Client {client.name!r} (role {client.role}) created. Bearer token:")
+    from gateway.store.clients import ClientError, create_client
+    engine = _upgraded_engine()
+    try:
+        client, token = create_client(engine, name, role, organizations, region, access,
+                                      scopes, _read_jwks(jwks))
+    except ClientError as error:
+        raise click.UsageError(str(error)) from None
+    click.echo(f"Client {client.name!r} (id {client.pk}, role {client.role}) created. "
+               "Bearer token:")
     click.echo(token)
+
+
+@clients.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")
+def clients_list(as_json: bool) -> None:
+    """Every client with its role, organizations or region and state (never tokens)."""
+    from gateway.store.clients import list_clients
+    found = list_clients(_upgraded_engine())
+    if as_json:
+        click.echo(json.dumps(found, ensure_ascii=False, indent=2))
+        return
+    for c in found:
+        bound = ",".join(c["organizations"]) or c["region"] or "-"
+        state = "active" if c["active"] else f"revoked {c['revoked']}"
+        click.echo(f"{c['id']:>5}  {c['name']:<30} {c['role']:<7} {c['access']:<10} "
+                   f"{bound:<40} {state}")
+
+
+@clients.command("revoke")
+@click.argument("client_id", type=int)
+def clients_revoke(client_id: int) -> None:
+    """Disable a client: its token and every OAuth token it holds stop working at once."""
+    from gateway.store.clients import revoke
+    if not revoke(_upgraded_engine(), client_id):
+        raise click.ClickException(f"No active client with id {client_id}.")
+    click.echo(f"Client {client_id} revoked.")
+
+
+@clients.command("rotate")
+@click.argument("client_id", type=int)
+def clients_rotate(client_id: int) -> None:
+    """Give a client a new token (printed on the last line); the old one stops working."""
+    from gateway.store.clients import rotate
+    token = rotate(_upgraded_engine(), client_id)
+    if token is None:
+        raise click.ClickException(f"No active client with id {client_id}.")
+    click.echo(f"Client {client_id} has a new bearer token:")
+    click.echo(token)
+
+
+@clients.command("set-jwks")
+@click.argument("client_id", type=int)
+@click.argument("jwks", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def clients_set_jwks(client_id: int, jwks: Path) -> None:
+    """Register (or replace) the public keys a client signs its OAuth assertions with."""
+    from gateway.store.clients import set_jwks
+    if not set_jwks(_upgraded_engine(), client_id, _read_jwks(jwks)):
+        raise click.ClickException(f"No client with id {client_id}.")
+    click.echo(f"Client {client_id}: keys registered.")
+
+
+def _read_jwks(path: Path | None) -> dict | None:
+    if path is None:
+        return None
+    try:
+        keys = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise click.UsageError(f"{path}: not a JSON file ({error})") from None
+    if not isinstance(keys, dict) or not isinstance(keys.get("keys"), list):
+        raise click.UsageError(f"{path}: a JWK Set has a 'keys' list")
+    return keys
+
+
+def _upgraded_engine():
+    from gateway.store import database
+    engine = _engine(load_settings())
+    database.upgrade(engine)
+    return engine
+
+
+@main.group()
+def tenancy() -> None:
+    """Which organizations own which resources (what mis and region clients see)."""
+
+
+@tenancy.command("rebuild")
+def tenancy_rebuild() -> None:
+    """Recompute every resource's owners from its content (after upgrading to 0006)."""
+    from gateway.store import tenancy as rule
+    engine = _upgraded_engine()
+    with engine.connect().execution_options(write=True) as conn, conn.begin():
+        done = rule.rebuild(conn)
+    click.echo(f"Owners recomputed for {done} resources.")
 
 
 # --- validate ------------------------------------------------------------------------
@@ -352,6 +452,40 @@ def keys_retire(kid: str) -> None:
     from gateway import signing
     signing.retire_key(load_settings().keys_path, kid)
     click.echo(f"Key {kid} retired.")
+
+
+# --- keys: encryption at rest (gateway.store.encryption) ----------------------------------
+
+@keys.command("new-encryption-key")
+@click.option("--kid", help="Key id (default: k<UTC date and time>).")
+def keys_new_encryption_key(kid: str | None) -> None:
+    """Print a fresh AES-256 key as `kid:base64` for encryption_keys (nothing is stored)."""
+    from gateway.store import encryption
+    try:
+        click.echo(encryption.new_key_line(kid))
+    except encryption.KeyringError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@keys.command("reencrypt")
+@click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1))
+def keys_reencrypt(batch_size: int) -> None:
+    """Seal every stored resource body with the active encryption key (rotation).
+
+    Rows under older keys and plain rows (written with encryption off) are moved in
+    batches; the gateway may keep running. Afterwards the old keys can be removed.
+    """
+    from gateway.store import encryption
+    engine = _engine(load_settings())
+    try:
+        moved = encryption.reencrypt(engine, batch_size,
+                                     progress=lambda n: click.echo(f"{n} rows...", err=True))
+    except (encryption.KeyringError, encryption.StoredBodyUnreadable) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
+    click.echo(f"{moved} stored versions re-encrypted with the active key.")
+# --- end keys: encryption at rest ---------------------------------------------------------
 
 
 @main.command()

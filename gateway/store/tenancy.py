@@ -192,11 +192,15 @@ def settle(conn: Connection, access: Access | None = None) -> None:
 
 
 def _check_claims(access: Access, resource_type: str, rid: str, claims: set[str]) -> None:
-    """Organizations and roles may only name the writer's own organizations."""
-    if resource_type not in STRUCTURE:
+    """An organization must be the writer's or a department of it; a role must be there.
+
+    The claims of a department hold its own OID and its clinic's, so one of them
+    being the writer's is enough; an organization that names none (an employer in
+    a medical book) belongs to its writer.
+    """
+    if resource_type not in STRUCTURE or not claims:
         return
-    foreign = claims - access.organizations
-    if foreign:
+    if claims.isdisjoint(access.organizations):
         raise Forbidden(
             f"{resource_type}/{rid} относится к чужой организации: клиент может изменять "
             "только данные своих организаций.",
@@ -212,7 +216,11 @@ def _check_ownership(conn: Connection, access: Access, pk: int, item: dict) -> N
         if not (item["type"] == "Practitioner" and not after.isdisjoint(mine)):
             raise _foreign(item)
     if not item["written"] and owners_of(conn, pk).isdisjoint(mine):
-        raise _foreign(item)
+        # Found by a condition the caller gave: name nothing of what was found.
+        raise Forbidden("Условию соответствует ресурс другой организации: изменять его этот "
+                        "клиент не может.",
+                        "The condition matched a resource of another organization; this "
+                        "client may not change it.")
 
 
 def _foreign(item: dict) -> Forbidden:
@@ -251,12 +259,11 @@ def _content_owners(conn: Connection, resource_type: str, content: dict | None,
     """The organizations a resource's content places it in (ФРМО OIDs)."""
     if content is None:                              # a deletion keeps its owners
         return _current(conn, resource_type, rid, CONTENT)
-    if resource_type == "Organization":
+    if resource_type == "Organization":         # itself, and the clinic it is part of
         own = frmo_oid(content)
-        if own:
-            return {own}
         parent = content.get("partOf")
-        return _organizations(conn, [parent]) if isinstance(parent, dict) else set()
+        return ({own} if own else set()) | (
+            _organizations(conn, [parent]) if isinstance(parent, dict) else set())
     named = {
         "PractitionerRole": [content.get("organization")],
         "Immunization": [p.get("actor") for p in content.get("performer") or []
@@ -317,9 +324,11 @@ def _refresh_dependants(conn: Connection, organization_id: str) -> None:
         ref.c.target_type == "Organization", ref.c.target_id == organization_id,
         resources.c.deleted.is_(False))).all()
     owners = _current(conn, "Organization", organization_id, CONTENT)
-    for pk, resource_type, _rid in named:
+    for pk, resource_type, rid in named:
         if owners - owners_of(conn, pk, sources=(CONTENT,)):
             _add(conn, pk, CONTENT, owners)
+            if resource_type == "Organization":           # a department: and what it has
+                _refresh_dependants(conn, rid)
             if resource_type == "PractitionerRole":
                 for practitioner in _practitioners_of_role_pk(conn, pk):
                     _refresh_practitioner(conn, practitioner)
