@@ -54,7 +54,8 @@ def client_create():
             services().engine, name.strip(), role or "", organizations, strings["region"],
             strings["access"] or "read-write", strings["scopes"], jwks)
     except clients.ClientError as error:
-        raise InvalidRequest(f"Клиент не создан: {error}.", f"Client not created: {error}.")
+        raise InvalidRequest(f"Клиент не создан: {error}.",
+                             f"Client not created: {error}.") from None
     described = clients.describe_pk(services().engine, client.pk)
     return jsonify(client=described, token=token), 201
 
