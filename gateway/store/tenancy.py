@@ -51,6 +51,8 @@ from gateway.validation import systems
 CONTENT, ROLE, WRITER = "content", "role", "writer"
 PENDING_KEY = "gateway.tenancy.pending"     # conn.info: what this transaction touched
 STRUCTURE = ("Organization", "PractitionerRole")
+_CLAIMED_BY = {"Organization": "Organization.identifier", "PractitionerRole":
+               "PractitionerRole.organization"}
 
 
 @dataclass(frozen=True)
@@ -202,10 +204,10 @@ def _check_claims(access: Access, resource_type: str, rid: str, claims: set[str]
         return
     if claims.isdisjoint(access.organizations):
         raise Forbidden(
-            f"{resource_type}/{rid} относится к чужой организации: клиент может изменять "
+            f"{resource_type} относится к чужой организации: клиент может изменять "
             "только данные своих организаций.",
-            f"{resource_type}/{rid} belongs to another organization; this client may change "
-            "only its own organizations' data.")
+            f"The {resource_type} belongs to another organization; this client may change "
+            "only its own organizations' data.", expression=_CLAIMED_BY.get(resource_type))
 
 
 def _check_ownership(conn: Connection, access: Access, pk: int, item: dict) -> None:
@@ -224,11 +226,10 @@ def _check_ownership(conn: Connection, access: Access, pk: int, item: dict) -> N
 
 
 def _foreign(item: dict) -> Forbidden:
+    """Refusal naming only the type: the id may have been found by a condition."""
     return Forbidden(
-        f"{item['type']}/{item['id']} принадлежит другой организации: изменять его этот "
-        "клиент не может.",
-        f"{item['type']}/{item['id']} belongs to another organization; this client may not "
-        "change it.")
+        f"{item['type']} принадлежит другой организации: изменять его этот клиент не может.",
+        f"The {item['type']} belongs to another organization; this client may not change it.")
 
 
 def owners_of(conn: Connection, pk: int, sources: tuple[str, ...] | None = None) -> set[str]:
