@@ -13,7 +13,7 @@ from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 
 from gateway import logs
-from gateway.api import negotiation, protection
+from gateway.api import audit, negotiation, openapi, protection
 from gateway.errors import GatewayError
 from gateway.issues import Issue, operation_outcome
 from gateway.mapping import loader as mapping_loader
@@ -35,7 +35,8 @@ def create_app(settings: Settings | dict | None = None) -> Flask:
 
     settings.data_path.mkdir(parents=True, exist_ok=True)
     engine = database.make_engine(settings.effective_database_url,
-                                  encryption.keyring_from(settings))
+                                  encryption.keyring_from(settings),
+                                  statement_timeout_seconds=settings.request_timeout_seconds)
     if settings.auto_migrate:
         database.upgrade(engine)
     books = load_terminology(settings)
@@ -51,6 +52,8 @@ def create_app(settings: Settings | dict | None = None) -> Flask:
     app.register_blueprint(delivery.blueprint)
     app.register_blueprint(admin.blueprint, url_prefix="/api/v1/admin")
     app.register_blueprint(oauth.blueprint)
+    app.register_blueprint(openapi.blueprint)       # GET /api/v1/openapi.json
+    audit.init_app(app)               # /fhir/AuditEvent and the audit recorder (after_request)
     protection.install(app)           # request id, address throttle, access log (before auth)
     app.before_request(auth.require_token)
     app.before_request(protection.limit_client)    # after require_token: needs g.client

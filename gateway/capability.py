@@ -5,7 +5,7 @@ Search parameters, includes and modifiers come from `gateway.registry` and
 """
 from __future__ import annotations
 
-from gateway import history
+from gateway import audit, history
 from gateway.api.negotiation import NDJSON_TYPES, PRODUCED
 from gateway.export import bulk
 from gateway.registry import RESOURCE_TYPES, SYSTEM_INTERACTIONS, includes, revincludes
@@ -28,7 +28,12 @@ SOFTWARE_VERSION = "0.1.0"
 RELEASE_DATE = "2026-11-23"
 
 
-def statement(base_url: str) -> dict:
+SMART_OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+SECURITY_SERVICE = "http://terminology.hl7.org/CodeSystem/restful-security-service"
+
+
+def statement(base_url: str, token_url: str) -> dict:
+    """The CapabilityStatement; `token_url` is the OAuth token endpoint (SMART discovery)."""
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -43,10 +48,19 @@ def statement(base_url: str) -> dict:
         "format": [*PRODUCED, *NDJSON_TYPES],
         "rest": [{
             "mode": "server",
-            "security": {"description": "Authorization: Bearer <token>, issued by "
-                                        "`gateway clients create`."},
+            "security": {
+                "extension": [{"url": SMART_OAUTH_URIS, "extension": [
+                    {"url": "token", "valueUri": token_url}]}],
+                "service": [{"coding": [{"system": SECURITY_SERVICE, "code": "SMART-on-FHIR"}],
+                             "text": "OAuth 2.0 client credentials (SMART Backend Services)"}],
+                "description": "Authorization: Bearer <token> — a client token issued by "
+                               "`gateway clients create`, or an access token from the token "
+                               "endpoint (client credentials with a signed JWT assertion). "
+                               "mis clients see their organizations' data, region clients "
+                               "their region's."},
             "documentation": SEARCH_NOTES,
-            "resource": [_resource(spec) for spec in RESOURCE_TYPES.values()],
+            "resource": [*(_resource(spec) for spec in RESOURCE_TYPES.values()),
+                         audit.CAPABILITY],         # the audit trail (gateway.audit), admin only
             "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
             "operation": [_operation()] if "system" in bulk.OPERATION["levels"] else [],
         }],

@@ -11,6 +11,7 @@
     gateway worker [--once]                   deliver the outbox, run bulk export jobs
     gateway keys new-encryption-key|reencrypt encryption at rest: a key line; rotate rows
     gateway export --format F --output DIR    ndjson | fhir-json | fhir-xml | legacy-xml files
+    gateway audit verify                      check the audit trail's hash chain
 """
 from __future__ import annotations
 
@@ -74,11 +75,12 @@ def serve(host: str, port: int, workers: int | None, threads: int | None) -> Non
             self.cfg.set("workers", workers or settings.serve_workers)
             self.cfg.set("threads", threads or settings.serve_threads)
             self.cfg.set("worker_class", "gthread")
-            self.cfg.set("timeout", 120)
-            self.cfg.set("accesslog", "-")
-            # The path only: query strings can carry СНИЛС (?identifier=...), never logged.
-            self.cfg.set("access_log_format",
-                         '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms')
+            # A worker silent this long is killed (request_timeout_seconds; PostgreSQL's
+            # statement_timeout, the same, answers 503 first where the database is slow).
+            self.cfg.set("timeout", settings.request_timeout_seconds + 5)
+            # No gunicorn access log: the app writes one masked line per request, with
+            # its request id (gateway.api.protection, gateway.logs).
+            self.cfg.set("accesslog", None)
 
         def load(self):
             return create_app({"auto_migrate": False})
@@ -692,3 +694,34 @@ def _export_legacy(engine, settings: Settings, register: str, since, output: Pat
             legacy.write_legacy(engine, register, out, signer, since=since,
                                 progress=bar.update)
     click.echo(f"{path}: written, signed with key {signer.kid}.")
+
+
+# --- audit -------------------------------------------------------------------------------
+
+@main.group("audit")
+def audit_group() -> None:
+    """The audit trail (every request that touched data, hash-chained)."""
+
+
+@audit_group.command("verify")
+def audit_verify() -> None:
+    """Check every record's hash and link; exit 1 at the first broken link."""
+    from sqlalchemy.exc import DatabaseError
+
+    from gateway.store import audit
+
+    engine = _engine(load_settings())
+    try:
+        found = audit.verify(engine)
+    except DatabaseError as exc:
+        raise click.ClickException(f"cannot read the audit trail ({type(exc).__name__}); "
+                                   "is the schema up to date (gateway db upgrade)?") from None
+    finally:
+        engine.dispose()
+    if found.intact:
+        click.echo(f"Audit trail intact: {found.checked} records checked.")
+        return
+    click.echo(f"Audit trail broken at record #{found.broken_at}: {found.reason}. "
+               f"{found.checked - 1} records before it are intact.")
+    sys.exit(1)
+# --- end audit ---

@@ -53,6 +53,26 @@ class Settings:
     export_retention_hours: float
     export_file_max_resources: int
     export_poll_seconds: int
+    # --- encryption at rest (gateway.store.encryption)
+    encryption_keys: str = dataclasses.field(repr=False)   # kid:base64key,...; empty: off
+    encryption_active_key: str                             # empty: the first listed
+    # --- limits and protection (gateway.api.protection, README "Limits and protection")
+    log_format: str                      # json | text
+    max_json_elements: int
+    max_xml_depth: int
+    max_bundle_entries: int
+    max_page_size: int
+    max_includes: int
+    request_timeout_seconds: int
+    rate_limit_per_minute: int           # 0: off
+    rate_limit_burst: int
+    redis_url: str                       # empty: limits kept in this process's memory
+    redis_key_prefix: str
+    auth_failures_limit: int             # 0: off
+    auth_failures_window_seconds: int
+    # --- OAuth 2.0 (SMART Backend Services; gateway.oauth)
+    oauth_token_seconds: int             # lifetime of an access token
+    oauth_assertion_max_seconds: int     # furthest exp a client assertion may have
 
     @property
     def keys_path(self) -> Path:

@@ -31,6 +31,9 @@ ENDPOINTS = {
     "bulk.status": {"$export"},              # the async pattern's status, cancel and files
     "bulk.cancel": {"$export"},
     "bulk.download": {"$export"},
+    "audit.search": {"search-type"},         # AuditEvent, the audit trail (gateway.api.audit)
+    "audit.read": {"read"},
+    "oauth.smart_configuration": {"capabilities"},   # SMART discovery beside the statement
 }
 
 
@@ -60,7 +63,7 @@ def test_every_fhir_route_is_advertised_and_every_interaction_has_a_route(app, s
 
 def test_resources_list_the_registry_interactions(statement):
     served = {r["type"]: r for r in statement["rest"][0]["resource"]}
-    assert set(served) == set(RESOURCE_TYPES)
+    assert set(served) == set(RESOURCE_TYPES) | {"AuditEvent"}    # + the audit trail
     for name, spec in RESOURCE_TYPES.items():
         assert [i["code"] for i in served[name]["interaction"]] == list(spec.interactions)
 
@@ -69,6 +72,8 @@ def test_export_is_advertised_where_it_answers(client, auth, statement):
     rest = statement["rest"][0]
     assert [o["name"] for o in rest["operation"]] == ["export"]
     for resource in rest["resource"]:
+        if resource["type"] == "AuditEvent":        # the audit trail is not exported
+            continue
         assert [o["name"] for o in resource["operation"]] == ["export"]
         response = client.get(f"/fhir/{resource['type']}/$export",
                               headers={**auth, "Prefer": "respond-async"})
@@ -95,3 +100,11 @@ def test_every_advertised_format_is_produced(client, auth, statement):
         response = client.get("/fhir/Practitioner", headers={**auth, "Accept": media_type})
         assert response.status_code == 200, media_type
         assert response.mimetype == media_type
+
+
+def test_the_statement_names_the_same_token_endpoint_as_smart_discovery(client, statement):
+    security = statement["rest"][0]["security"]
+    uris = next(e for e in security["extension"] if e["url"].endswith("oauth-uris"))
+    token = next(e["valueUri"] for e in uris["extension"] if e["url"] == "token")
+    assert token == client.get("/.well-known/smart-configuration").json["token_endpoint"]
+    assert security["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"

@@ -16,7 +16,8 @@ from gateway.services import services
 from gateway.store import submissions, tenancy
 from gateway.store.clients import client_for_token
 
-PUBLIC_ENDPOINTS = {"health.healthz", "fhir.metadata", "static", "delivery.jwks"}
+PUBLIC_ENDPOINTS = {"health.healthz", "fhir.metadata", "static", "delivery.jwks",
+                    "oauth.token", "oauth.smart_configuration", "openapi.openapi_json"}
 # Data endpoints by blueprint. A POST that only reads (search by form) is a read, and
 # cancelling one's own export is part of reading.
 DATA_BLUEPRINTS = {"fhir", "bulk", "legacy_export", "intake", "audit"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, request
 
 from gateway import capability, history, search
-from gateway.api import negotiation
+from gateway.api import audit, negotiation, oauth, protection
 from gateway.errors import InvalidRequest, MethodNotAllowed, NotFound, UnsupportedMediaType
 from gateway.registry import RESOURCE_TYPES, ResourceType
 from gateway.resources import etag_version
@@ -39,7 +39,14 @@ def base_url() -> str:
 
 def _body() -> dict:
     settings = services().settings
-    return negotiation.read_resource(request, settings.max_body_bytes, settings.max_json_depth)
+    return negotiation.read_resource(request, settings.max_body_bytes, settings.max_json_depth,
+                                     max_elements=settings.max_json_elements,
+                                     max_xml_depth=settings.max_xml_depth)
+
+
+def _search_limits() -> dict:
+    settings = services().settings
+    return {"max_count": settings.max_page_size, "max_includes": settings.max_includes}
 
 
 def _reply(resource: dict | None, status: int = 200, headers: dict | None = None) -> Response:
@@ -63,6 +70,7 @@ def _write_reply(result: WriteResult) -> Response:
     headers = _version_headers(result.stored)
     if result.submission:
         headers["X-Submission-Id"] = result.submission
+    audit.note(result.stored.resource_type, [result.stored.id])
     return _reply(result.stored.content, status, headers)
 
 
@@ -70,7 +78,7 @@ def _write_reply(result: WriteResult) -> Response:
 
 @blueprint.get("/metadata")
 def metadata():
-    return _reply(capability.statement(base_url()))
+    return _reply(capability.statement(base_url(), oauth.token_endpoint()))
 
 
 @blueprint.get("/_history")
@@ -87,9 +95,11 @@ def bundle():
         raise InvalidRequest("На базовый адрес отправляется Bundle типа transaction или batch.",
                              "POST to the base URL takes a transaction or batch Bundle.",
                              expression="Bundle.type")
+    protection.check_bundle_entries(body, services().settings.max_bundle_entries)
+    oauth.check_bundle(body)                    # OAuth scopes of every entry (api/oauth.py)
     resources = services().resources
     handler = resources.transaction if body["type"] == "transaction" else resources.batch
-    return _reply(handler(body, base_url()))
+    return _reply(audit.note_bundle(handler(body, base_url()), body["type"]))
 
 
 # --- type level ---------------------------------------------------------------------
@@ -118,7 +128,8 @@ def _search(resource_type: str, pairs: list[tuple[str, str]]) -> Response:
     found = services()
     lenient = negotiation.prefers_lenient(request)
     if negotiation.is_ndjson(media_type):
-        asked = search.streamable(search.parse(resource_type, pairs, lenient))
+        asked = search.streamable(search.parse(resource_type, pairs, lenient,
+                                               **_search_limits()))
 
         def everything():
             with found.store.snapshot() as conn:
@@ -128,8 +139,9 @@ def _search(resource_type: str, pairs: list[tuple[str, str]]) -> Response:
     with found.store.snapshot() as conn:
         bundle = search.search(conn, resource_type, pairs, lenient=lenient,
                                secret=found.search_secret, base=base_url(),
-                               keep=(("_format", given_format),) if given_format else ())
-    return negotiation.render_bundle(bundle, media_type)
+                               keep=(("_format", given_format),) if given_format else (),
+                               limits=_search_limits())
+    return negotiation.render_bundle(audit.note_bundle(bundle), media_type)
 
 
 @blueprint.get("/<resource_type>/_history")
@@ -148,7 +160,7 @@ def _history(resource_type: str | None, rid: str | None) -> Response:
                                  lenient=negotiation.prefers_lenient(request),
                                  secret=found.search_secret, base=base_url(),
                                  keep=(("_format", given_format),) if given_format else ())
-    return negotiation.render_bundle(bundle, media_type)
+    return negotiation.render_bundle(audit.note_bundle(bundle), media_type)
 
 
 @blueprint.post("/<resource_type>")
