@@ -68,12 +68,13 @@ def export(url: str, data_dir: str) -> None:
     """Run in a fresh process: one timed export job, then one under tracemalloc."""
     from gateway.export import bulk
     from gateway.settings import load_settings
-    from gateway.store import database
+    from gateway.store import database, encryption
     from gateway.store.clock import utcnow
 
     settings = load_settings({"data_dir": data_dir, "database_url": url,
                               "log_level": "WARNING"})
-    engine = database.make_engine(settings.effective_database_url)
+    engine = database.make_engine(settings.effective_database_url,
+                                  encryption.keyring_from(settings))
     runner = bulk.Runner(engine, settings)
     wanted = bulk.parse_request([], prefer="respond-async")
     before = _maxrss_mb(), _hwm_mb()

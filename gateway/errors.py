@@ -19,6 +19,7 @@ handler for `GatewayError` that renders `outcome()` in the client's format with
     ├── PayloadTooLarge               413
     ├── UnsupportedMediaType          415  Content-Type we cannot read
     ├── ValidationFailed              422  the resource breaks FHIR or Russian rules
+    ├── TooManyRequests               429  rate limit or failed-login throttle; Retry-After
     └── Unavailable                   503  database not reachable
 """
 from __future__ import annotations
@@ -94,6 +95,16 @@ class ValidationFailed(GatewayError):
 
     def __init__(self, issues: list[Issue]):
         super().__init__(issues=issues)
+
+
+class TooManyRequests(GatewayError):
+    """429: the client's rate limit, or its address's failed logins; carries Retry-After."""
+
+    status, code = 429, "throttled"
+
+    def __init__(self, text_ru: str, text_en: str, retry_after: int):
+        super().__init__(text_ru, text_en, headers={"Retry-After": str(max(1, int(retry_after)))})
+        self.retry_after = max(1, int(retry_after))
 
 
 class Unavailable(GatewayError):

@@ -22,7 +22,7 @@ import pydantic
 from fhir.resources.R4B import get_fhir_model_class
 from lxml import etree
 
-from gateway.errors import MalformedBody, ValidationFailed
+from gateway.errors import MalformedBody, PayloadTooLarge, ValidationFailed
 from gateway.issues import Issue
 
 FHIR_NS = "http://hl7.org/fhir"
@@ -77,27 +77,33 @@ def elements(resource_type: str) -> Elements | None:
 
 # --- reading bodies -------------------------------------------------------------
 
-def parse_json(body: bytes, max_depth: int) -> dict:
+def parse_json(body: bytes, max_depth: int, max_elements: int = 0) -> dict:
     """A JSON object from a request body, or MalformedBody saying what is wrong."""
-    value = parse_json_value(body, max_depth)
+    value = parse_json_value(body, max_depth, max_elements)
     if not isinstance(value, dict):
         raise MalformedBody("Ожидался JSON-объект ресурса FHIR.",
                             "Expected a JSON object holding a FHIR resource.")
     return value
 
 
-def parse_json_value(body: bytes, max_depth: int):
-    """Any JSON value, refusing bad encodings, syntax and deep nesting with a clear message."""
+def parse_json_value(body: bytes, max_depth: int, max_elements: int = 0):
+    """Any JSON value, refusing bad encodings, syntax, deep nesting and (with
+    `max_elements` > 0) more values than that, with a clear message."""
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise MalformedBody("Тело запроса не в кодировке UTF-8.",
                             f"Body is not valid UTF-8: {exc.reason}") from None
-    depth = _nesting_depth(text)
+    depth, count = _json_shape(text)
     if depth > max_depth:
         raise MalformedBody(
             f"Слишком глубокая вложенность JSON ({depth} уровней, допустимо {max_depth}).",
             f"JSON nesting too deep: {depth} levels, limit {max_depth}.")
+    if 0 < max_elements < count:
+        raise PayloadTooLarge(
+            f"Слишком много элементов JSON ({count}, допустимо {max_elements}): разделите "
+            "данные на несколько запросов.",
+            f"Too many JSON values: {count}, limit {max_elements}.")
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -106,26 +112,32 @@ def parse_json_value(body: bytes, max_depth: int):
             f"Malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
 
 
-def _nesting_depth(text: str) -> int:
-    """Deepest bracket nesting outside strings: checked before json.loads recurses."""
+# A JSON string as json.loads reads one; an unterminated one is left for json.loads to refuse.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_BRACKET = re.compile(r"[\[\]{}]")
+_NON_EMPTY_OPEN = re.compile(r"[\[{](?=\s*[^\s\]}])")
+
+
+def _json_shape(text: str) -> tuple[int, int]:
+    """Deepest bracket nesting and number of values, outside strings: checked before
+    json.loads recurses or builds anything. Values are counted as the document itself,
+    plus one per member or item (the first of each non-empty container, then one per
+    comma), so `{"a": [1, 2]}` has 4."""
+    skeleton = _JSON_STRING.sub('""', text)
     depth = deepest = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
+    for match in _BRACKET.finditer(skeleton):
+        if match.group() in "[{":
             depth += 1
             deepest = max(deepest, depth)
-        elif char in "]}":
+        else:
             depth -= 1
-    return deepest
+    count = 1 + skeleton.count(",") + len(_NON_EMPTY_OPEN.findall(skeleton))
+    return deepest, count
+
+
+def _nesting_depth(text: str) -> int:
+    """Deepest bracket nesting outside strings."""
+    return _json_shape(text)[0]
 
 
 def safe_xml_parser() -> etree.XMLParser:
@@ -137,11 +149,12 @@ def safe_xml_parser() -> etree.XMLParser:
 _DECLARATION = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 
 
-def parse_xml_tree(body: bytes) -> etree._Element:
+def parse_xml_tree(body: bytes, max_depth: int = 0) -> etree._Element:
     """The root element of an XML body; any DOCTYPE or entity declaration is refused.
 
     The raw bytes are searched first, so the parser never sees a declaration; the
-    parsed tree is checked again for encodings the byte search cannot read.
+    parsed tree is checked again for encodings the byte search cannot read. libxml2
+    itself stops at 256 levels (`huge_tree=False`); `max_depth` > 0 is our tighter limit.
     """
     if _DECLARATION.search(body):
         raise _doctype_refused()
@@ -152,7 +165,19 @@ def parse_xml_tree(body: bytes) -> etree._Element:
                             f"Malformed XML: {exc.msg}") from None
     if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
         raise _doctype_refused()
+    if max_depth > 0:
+        _check_xml_depth(tree.getroot(), max_depth)
     return tree.getroot()
+
+
+def _check_xml_depth(root: etree._Element, max_depth: int) -> None:
+    depth = 0
+    for event, _ in etree.iterwalk(root, events=("start", "end")):
+        depth += 1 if event == "start" else -1
+        if depth > max_depth:
+            raise MalformedBody(
+                f"Слишком глубокая вложенность XML (больше {max_depth} уровней).",
+                f"XML nesting too deep: more than {max_depth} levels.")
 
 
 def _doctype_refused() -> MalformedBody:
@@ -161,9 +186,9 @@ def _doctype_refused() -> MalformedBody:
                          "XML with a DOCTYPE or entity declarations is refused.")
 
 
-def parse_xml(body: bytes) -> dict:
+def parse_xml(body: bytes, max_depth: int = 0) -> dict:
     """A FHIR XML resource as the same dictionary its JSON form would give."""
-    root = parse_xml_tree(body)
+    root = parse_xml_tree(body, max_depth)
     resource_type = etree.QName(root).localname
     if etree.QName(root).namespace != FHIR_NS:
         raise MalformedBody("Корневой элемент XML должен быть в пространстве имён "

@@ -129,3 +129,19 @@ def post(client, auth):
                            data=json.dumps(resource, ensure_ascii=False),
                            headers={**auth, **headers})
     return _post
+
+
+# --- encryption at rest: GATEWAY_TEST_ENCRYPTION=1 runs any suite with bodies encrypted ---
+@pytest.fixture(scope="session", autouse=True)
+def _encryption_at_rest_for_the_session():
+    """With GATEWAY_TEST_ENCRYPTION=1 every app and CLI call of the session seals stored
+    bodies with a key made for the session (through GATEWAY_ENCRYPTION_KEYS; overrides
+    given to create_app still win)."""
+    if os.environ.get("GATEWAY_TEST_ENCRYPTION") != "1":
+        yield
+        return
+    from gateway.store.encryption import new_key_line
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GATEWAY_ENCRYPTION_KEYS", new_key_line("test-session"))
+        yield
+# --- end encryption at rest -------------------------------------------------------------

@@ -3,9 +3,12 @@ that was already accepted."""
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
+from lxml import etree
 
+from gateway import fhir
 from tests.conftest import load_fixture
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -70,14 +73,68 @@ def test_malformed_xml_is_400(client, auth, body):
     _outcome(response)
 
 
-@pytest.mark.parametrize("body", [BILLION_LAUGHS, EXTERNAL_ENTITY, NETWORK_DTD],
-                         ids=["billion-laughs", "external-entity", "network-dtd"])
+NETWORK_ENTITY = b"""<?xml version="1.0"?>
+<!DOCTYPE p [<!ENTITY net SYSTEM "http://127.0.0.1:9/">]>
+<Practitioner xmlns="http://hl7.org/fhir"><name><family value="&net;"/></name></Practitioner>"""
+
+
+@pytest.mark.parametrize("body", [BILLION_LAUGHS, EXTERNAL_ENTITY, NETWORK_DTD, NETWORK_ENTITY],
+                         ids=["billion-laughs", "external-entity", "network-dtd",
+                              "network-entity"])
 def test_xml_with_doctype_or_entities_is_refused_without_resolving(client, auth, body):
     response = _send(client, auth, body, "application/fhir+xml")
     assert response.status_code == 400
     issue = _outcome(response)
     assert "DOCTYPE" in issue["diagnostics"]
     assert "root:" not in response.get_data(as_text=True)
+
+
+@pytest.fixture
+def listener():
+    """A local port that records whether anything connected to it."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.setblocking(False)
+
+    def connected() -> bool:
+        try:
+            server.accept()[0].close()
+        except BlockingIOError:
+            return False
+        return True
+
+    yield server.getsockname()[1], connected
+    server.close()
+
+
+def _entities(port: int, encoding: str) -> bytes:
+    """An internal, a file and a network entity plus an external DTD, in `encoding`
+    (UTF-16 hides the declarations from a byte search: the parser itself must hold)."""
+    text = (f'<?xml version="1.0" encoding="{encoding}"?>\n'
+            f'<!DOCTYPE Practitioner SYSTEM "http://127.0.0.1:{port}/evil.dtd" [\n'
+            f' <!ENTITY file SYSTEM "file:///etc/passwd">\n'
+            f' <!ENTITY net SYSTEM "http://127.0.0.1:{port}/x">\n'
+            f' <!ENTITY lol "lol">\n]>\n'
+            '<Practitioner xmlns="http://hl7.org/fhir"><text><status value="generated"/>'
+            '<div xmlns="http://www.w3.org/1999/xhtml">&file;&net;&lol;&lol;</div></text>'
+            '</Practitioner>')
+    return text.encode(encoding)
+
+
+@pytest.mark.parametrize("encoding", ["UTF-8", "UTF-16"])
+def test_xml_entities_are_never_resolved_nor_fetched(client, auth, listener, encoding):
+    port, connected = listener
+    body = _entities(port, encoding)
+    response = _send(client, auth, body, "application/fhir+xml")
+    assert response.status_code == 400
+    assert "DOCTYPE" in _outcome(response)["diagnostics"]
+    assert "root:" not in response.get_data(as_text=True)
+    # the parser alone, without the gateway's refusal of DOCTYPEs, resolves nothing either
+    root = etree.fromstring(body, fhir.safe_xml_parser())
+    assert b"root:" not in etree.tostring(root)
+    assert b"lollol" not in etree.tostring(root)
+    assert not connected()
 
 
 def test_xml_with_wrong_structure_is_422_with_paths(client, auth):

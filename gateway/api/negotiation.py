@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from flask import Request, Response
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from gateway import fhir
 from gateway.errors import MalformedBody, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
@@ -64,15 +65,16 @@ def is_ndjson(media_type: str) -> bool:
     return media_type in NDJSON_TYPES
 
 
-def read_resource(request: Request, max_body: int, max_depth: int) -> dict:
+def read_resource(request: Request, max_body: int, max_depth: int, *, max_elements: int = 0,
+                  max_xml_depth: int = 0) -> dict:
     """The request body as a resource dictionary, whichever format it came in."""
     content_type = (request.mimetype or "").lower()
     if request.content_length is not None and request.content_length > max_body:
         raise _too_large(max_body)
     if content_type in JSON_TYPES:
-        return fhir.parse_json(_body(request, max_body), max_depth)
+        return fhir.parse_json(_body(request, max_body), max_depth, max_elements)
     if content_type in XML_TYPES:
-        return fhir.parse_xml(_body(request, max_body))
+        return fhir.parse_xml(_body(request, max_body), max_xml_depth)
     raise UnsupportedMediaType(
         f"Тип содержимого «{content_type or 'не указан'}» не поддерживается: отправляйте "
         "application/fhir+json или application/fhir+xml.",
@@ -81,7 +83,14 @@ def read_resource(request: Request, max_body: int, max_depth: int) -> dict:
 
 
 def _body(request: Request, max_body: int) -> bytes:
-    body = request.stream.read(max_body + 1)
+    try:
+        body = request.stream.read(max_body + 1)
+        if len(body) == max_body and request.content_length is None:
+            # A chunked body stops at the limit without a word (werkzeug's LimitedStream);
+            # reading past it raises if anything is left.
+            body += request.stream.read(1)
+    except RequestEntityTooLarge:
+        raise _too_large(max_body) from None
     if len(body) > max_body:
         raise _too_large(max_body)
     if not body.strip():

@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection, Engine
 from gateway.delivery import bundles, routing
 from gateway.store import submissions as subs
 from gateway.store.clock import optional_instant
+from gateway.store.encryption import keyring_of
 from gateway.store.schema import outbox_bundles, resource_versions, submissions
 
 PENDING = "pending"          # due at next_attempt_at
@@ -148,10 +149,12 @@ def _contents(conn: Connection, members: list) -> dict[int, dict]:
     if not wanted:
         return {}
     rows = conn.execute(select(resource_versions.c.resource_type, resource_versions.c.id,
-                               resource_versions.c.version, resource_versions.c.content).where(
+                               resource_versions.c.version, resource_versions.c.content,
+                               resource_versions.c.key_id).where(
         tuple_(resource_versions.c.resource_type, resource_versions.c.id,
                resource_versions.c.version).in_(list(wanted)))).all()
-    return {wanted[(r.resource_type, r.id, r.version)]: json.loads(r.content)
+    keyring = keyring_of(conn)                  # bodies may be encrypted at rest
+    return {wanted[(r.resource_type, r.id, r.version)]: keyring.load_row(r)
             for r in rows if r.content}
 
 

@@ -28,7 +28,6 @@ authorised; it is never logged.
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -52,6 +51,7 @@ from gateway.export.legacy_records import (
 )
 from gateway.signing import SignatureInvalid, Signer
 from gateway.store import clock
+from gateway.store.encryption import Keyring, keyring_of
 from gateway.store.repository import Store
 from gateway.store.schema import resource_versions, resources, search_reference, search_token
 from gateway.store.tenancy import visible
@@ -169,7 +169,7 @@ def _batches(engine: Engine, register: str, since: datetime | None,
             query = _current(_MAIN_TYPE[register]).where(
                 *_conditions(register, since), resources.c.pk > after) \
                 .order_by(resources.c.pk).limit(batch_size)
-            rows = [_row(r) for r in conn.execute(query)]
+            rows = [_row(r, keyring_of(conn)) for r in conn.execute(query)]
             if not rows:
                 return
             records = build(conn, rows)
@@ -180,16 +180,17 @@ def _batches(engine: Engine, register: str, since: datetime | None,
 # --- reading the store ------------------------------------------------------------------
 
 def _current(resource_type: str, *extra):
-    return select(resources.c.pk, resources.c.id, resources.c.version,
-                  resources.c.last_updated, resource_versions.c.content, *extra) \
+    return select(resources.c.pk, resources.c.resource_type, resources.c.id,
+                  resources.c.version, resources.c.last_updated, resource_versions.c.content,
+                  resource_versions.c.key_id, *extra) \
         .join(resource_versions, and_(resource_versions.c.resource_pk == resources.c.pk,
                                       resource_versions.c.version == resources.c.version)) \
         .where(resources.c.resource_type == resource_type, resources.c.deleted.is_(False),
                visible(resources.c.pk))
 
 
-def _row(r) -> Row:
-    return Row(r.pk, r.id, r.version, r.last_updated, json.loads(r.content),
+def _row(r, keyring: Keyring) -> Row:
+    return Row(r.pk, r.id, r.version, r.last_updated, keyring.load_row(r),
                getattr(r, "target_id", None))
 
 
@@ -246,7 +247,8 @@ def _referring(conn: Connection, resource_type: str, param: str, target_type: st
                    search_reference.c.target_id.in_(chunk),
                    or_(search_reference.c.target_type == target_type,
                        search_reference.c.target_type.is_(None)))
-        found.update((r.pk, _row(r)) for r in conn.execute(query) if r.pk not in found)
+        found.update((r.pk, _row(r, keyring_of(conn))) for r in conn.execute(query)
+                     if r.pk not in found)
     return [found[pk] for pk in sorted(found)]
 
 
@@ -254,7 +256,7 @@ def _by_ids(conn: Connection, resource_type: str, ids: Iterable[str]) -> dict[st
     found: dict[str, Row] = {}
     for chunk in _chunked(sorted(set(ids))):
         query = _current(resource_type).where(resources.c.id.in_(chunk))
-        found.update((r.id, _row(r)) for r in conn.execute(query))
+        found.update((r.id, _row(r, keyring_of(conn))) for r in conn.execute(query))
     return found
 
 

@@ -3,7 +3,8 @@
 Used by `$export` jobs (gateway.export.bulk) and by `gateway export`. Memory does
 not grow with the number of resources: a type is read in keyset pages of `BATCH`
 rows (`resources.pk > last`, one short query each, no transaction held between
-them), and each row's stored JSON text is handed on as it is, never parsed.
+them), and each row's stored JSON text is handed on as it is (decrypted, if it is
+encrypted at rest: gateway.store.encryption), never parsed.
 Only resources the caller may see are read (gateway.store.tenancy: a job runs
 with the access of the client that asked for it).
 
@@ -22,6 +23,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.engine import Connection, Engine
 
 from gateway.store.clock import utcnow
+from gateway.store.encryption import keyring_of
 from gateway.store.schema import change_clock, resource_versions, resources
 from gateway.store.tenancy import visible
 
@@ -65,10 +67,11 @@ def batches(engine: Engine, resource_type: str, as_of: datetime,
             rows = conn.execute(_page(resource_type, after, as_of, since, size)).all()
             older = _versions_as_of(conn, [r.pk for r in rows if r.last_updated > as_of],
                                     as_of)
+            keyring = keyring_of(conn)          # bodies may be encrypted at rest
         batch = []
         for row in rows:
             if row.last_updated <= as_of:
-                batch.append((row.id, row.content))
+                batch.append((row.id, keyring.open_row(row)))
             elif row.pk in older and (since is None or older[row.pk][0] > since):
                 batch.append((row.id, older[row.pk][1]))
         yield batch
@@ -95,7 +98,9 @@ def _page(resource_type: str, after: int, as_of: datetime, since: datetime | Non
     if since is not None:
         page = page.where(resources.c.last_updated > since)
     page = page.subquery()
-    return select(page.c.pk, page.c.id, page.c.last_updated, resource_versions.c.content) \
+    return select(page.c.pk, page.c.id, page.c.last_updated, resource_versions.c.resource_type,
+                  resource_versions.c.version, resource_versions.c.content,
+                  resource_versions.c.key_id) \
         .join(resource_versions, and_(resource_versions.c.resource_pk == page.c.pk,
                                       resource_versions.c.version == page.c.version)) \
         .order_by(page.c.pk)
@@ -107,13 +112,17 @@ def _versions_as_of(conn: Connection, pks: list[int],
     if not pks:
         return {}
     rows = conn.execute(select(resource_versions.c.resource_pk, resource_versions.c.deleted,
-                               resource_versions.c.last_updated, resource_versions.c.content)
+                               resource_versions.c.last_updated, resource_versions.c.resource_type,
+                               resource_versions.c.id, resource_versions.c.version,
+                               resource_versions.c.content, resource_versions.c.key_id)
                         .where(resource_versions.c.resource_pk.in_(pks),
                                resource_versions.c.last_updated <= as_of)
                         .order_by(resource_versions.c.resource_pk,
                                   resource_versions.c.version.desc())).all()
     found: dict[int, tuple[datetime, str] | None] = {}
+    keyring = keyring_of(conn)
     for row in rows:
         if row.resource_pk not in found:
-            found[row.resource_pk] = None if row.deleted else (row.last_updated, row.content)
+            found[row.resource_pk] = None if row.deleted else (row.last_updated,
+                                                               keyring.open_row(row))
     return {pk: value for pk, value in found.items() if value is not None}

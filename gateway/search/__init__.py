@@ -47,11 +47,13 @@ __all__ = ["CURSOR", "SearchRequest", "bundle", "cursor", "params", "parse", "qu
 
 def search(conn: Connection, resource_type: str, pairs: list[tuple[str, str]], *,
            lenient: bool, secret: bytes, base: str,
-           keep: tuple[tuple[str, str], ...] = ()) -> dict:
+           keep: tuple[tuple[str, str], ...] = (), limits: dict | None = None) -> dict:
     """The searchset Bundle answering `pairs` (a first page, or the page a cursor names).
 
-    `keep` are pairs every link repeats (the client's `_format`).
+    `keep` are pairs every link repeats (the client's `_format`); `limits` are
+    `params.parse`'s `max_count` and `max_includes`.
     """
+    limits = limits or {}
     tokens = [value for name, value in pairs if name == CURSOR]
     if tokens:
         others = sorted({name for name, _ in pairs if name not in (CURSOR, *params.IGNORED_PARAMS)})
@@ -62,11 +64,11 @@ def search(conn: Connection, resource_type: str, pairs: list[tuple[str, str]], *
                                  f"(found also: {', '.join(others) or CURSOR}).",
                                  expression=CURSOR)
         found = cursor.decode(tokens[0], secret, resource_type)
-        request, position = parse(resource_type, list(found.query)), found.position
+        request, position = parse(resource_type, list(found.query), **limits), found.position
         if len(position.keys) != len(request.sort):
             raise cursor.refused()
     else:
-        request, position = parse(resource_type, pairs, lenient), None
+        request, position = parse(resource_type, pairs, lenient, **limits), None
     page = query.run(conn, request, position)
     return bundle.searchset(request, page, base,
                             _links(request, page, position, base, secret, keep))

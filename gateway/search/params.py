@@ -138,13 +138,16 @@ class SearchRequest:
 
 # --- parsing ----------------------------------------------------------------------
 
-def parse(resource_type: str, pairs: list[tuple[str, str]], lenient: bool = False) \
-        -> SearchRequest:
+def parse(resource_type: str, pairs: list[tuple[str, str]], lenient: bool = False, *,
+          max_count: int = MAX_COUNT, max_includes: int = 0) -> SearchRequest:
+    """`max_count`: the largest page (`max_page_size`); `max_includes` > 0: the most
+    `_include` plus `_revinclude` parameters (`max_includes`), 400 beyond."""
     spec = searchable(resource_type)
     if spec is None:
         raise InvalidRequest(f"Поиск ресурсов {resource_type} не поддерживается.",
                              f"Search is not supported for {resource_type}.")
-    state = _State(resource_type, lenient)
+    _check_includes(pairs, max_includes)
+    state = _State(resource_type, lenient, max_count)
     for name, value in pairs:
         _check_text(name, "параметра", "parameter name")
         _check_text(value, f"параметра «{_shown(name)}»", f"parameter {_shown(name)!r}")
@@ -173,12 +176,22 @@ def parse(resource_type: str, pairs: list[tuple[str, str]], lenient: bool = Fals
         tuple(state.warnings) + tuple(state.unknown))
 
 
+def _check_includes(pairs: list[tuple[str, str]], limit: int) -> None:
+    given = sum(name.partition(":")[0] in ("_include", "_revinclude") for name, _ in pairs)
+    if 0 < limit < given:
+        raise InvalidRequest(
+            f"Слишком много параметров _include и _revinclude ({given}, допустимо {limit}).",
+            f"Too many _include and _revinclude parameters: {given}, limit {limit}.",
+            expression="_include")
+
+
 class _State:
     """What has been read of one request so far."""
 
-    def __init__(self, resource_type: str, lenient: bool):
+    def __init__(self, resource_type: str, lenient: bool, max_count: int = MAX_COUNT):
         self.type = resource_type
         self.lenient = lenient
+        self.max_count = max_count
         self.clauses: list[Clause] = []
         self.sort: list[SortKey] = []
         self.count = DEFAULT_COUNT
@@ -316,13 +329,14 @@ class _State:
             raise InvalidRequest("_count — целое неотрицательное число.",
                                  "_count must be a non-negative integer.")
         self.count = int(value)
-        if self.count > MAX_COUNT:
+        limit = self.max_count
+        if self.count > limit:
             self.warnings.append(Issue(
                 "informational", f"_count={min(self.count, 10**9)} больше допустимого: "
-                                 f"на странице не более {MAX_COUNT} записей.",
-                f"_count is limited to {MAX_COUNT}; pages hold at most {MAX_COUNT} entries.",
+                                 f"на странице не более {limit} записей.",
+                f"_count is limited to {limit}; pages hold at most {limit} entries.",
                 "_count", severity="warning"))
-            self.count = MAX_COUNT
+            self.count = limit
         return str(self.count)
 
     def read_total(self, value: str) -> str:

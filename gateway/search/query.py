@@ -23,7 +23,6 @@ lower-cased, ё→е values the index holds.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from sqlalchemy import and_, case, exists, false, func, or_, select, true
@@ -42,6 +41,7 @@ from gateway.search.params import (
     SortKey,
     Token,
 )
+from gateway.store.encryption import keyring_of
 from gateway.store.schema import INDEX_TABLES, resource_versions, resources, search_reference
 from gateway.store.tenancy import visible
 
@@ -314,17 +314,23 @@ def _keyset(components, position: Position, backwards: bool) -> ColumnElement:
     return or_(*alternatives) if alternatives else true()
 
 
+# What a body's decryption needs (gateway.store.encryption.Keyring.open_row).
+_BODY = (resource_versions.c.resource_type, resource_versions.c.id,
+         resource_versions.c.version, resource_versions.c.content, resource_versions.c.key_id)
+
+
 def _load_contents(conn: Connection, matches: list[Match]) -> None:
     by_pk = {m.pk: m for m in matches}
     if not by_pk:
         return
     rows = conn.execute(
-        select(resource_versions.c.resource_pk, resource_versions.c.content)
+        select(resource_versions.c.resource_pk, *_BODY)
         .join(resources, and_(resources.c.pk == resource_versions.c.resource_pk,
                               resources.c.version == resource_versions.c.version))
         .where(resources.c.pk.in_(list(by_pk))))
-    for pk, content in rows:
-        by_pk[pk].content = json.loads(content) if content else None
+    keyring = keyring_of(conn)                  # bodies may be encrypted at rest
+    for row in rows:
+        by_pk[row.resource_pk].content = keyring.load_row(row)
 
 
 # --- _include and _revinclude -----------------------------------------------------
@@ -335,16 +341,17 @@ def _include(conn: Connection, request: SearchRequest, page: Page) -> None:
     seen = {(m.resource_type, m.id) for m in page.matches}
     pks = [m.pk for m in page.matches]
     ids = [m.id for m in page.matches]
+    keyring = keyring_of(conn)                  # bodies may be encrypted at rest
     for include in request.includes:
         if not _add(page, seen, conn.execute(_forward(conn, request.resource_type, include, pks)
                                              .order_by(resources.c.pk)
-                                             .limit(_room(page, seen)))):
+                                             .limit(_room(page, seen))), keyring):
             return
     for include in request.revincludes:
         if not _add(page, seen, conn.execute(_reverse(request.resource_type, include, ids,
                                                       conn.dialect.name == "postgresql")
                                              .order_by(resources.c.pk)
-                                             .limit(_room(page, seen)))):
+                                             .limit(_room(page, seen))), keyring):
             return
 
 
@@ -353,7 +360,7 @@ def _room(page: Page, seen: set) -> int:
     return INCLUDE_LIMIT - len(page.included) + 1 + len(seen)
 
 
-def _add(page: Page, seen: set, rows) -> bool:
+def _add(page: Page, seen: set, rows, keyring) -> bool:
     """Add included rows not yet in the Bundle; False once the limit is reached."""
     for row in rows:
         if len(page.included) == INCLUDE_LIMIT:
@@ -366,14 +373,13 @@ def _add(page: Page, seen: set, rows) -> bool:
         if (row.resource_type, row.id) not in seen:
             seen.add((row.resource_type, row.id))
             page.included.append(Match(row.pk, row.resource_type, row.id, (),
-                                       json.loads(row.content)))
+                                       keyring.load_row(row)))
     return True
 
 
 def _with_content():
     """Included resources with their content: only those the caller may see."""
-    return select(resources.c.pk, resources.c.resource_type, resources.c.id,
-                  resource_versions.c.content).join(
+    return select(resources.c.pk, *_BODY).join(
         resource_versions, and_(resource_versions.c.resource_pk == resources.c.pk,
                                 resource_versions.c.version == resources.c.version)) \
         .where(visible(resources.c.pk))

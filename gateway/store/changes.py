@@ -15,6 +15,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
+from gateway.store.encryption import keyring_of
 from gateway.store.repository import EPOCH, TICK, Stored, stored_from_row
 from gateway.store.schema import change_clock, resource_versions, resources
 from gateway.store.tenancy import visible
@@ -76,7 +77,8 @@ def page(conn: Connection, *, upto: int, count: int, resource_type: str | None =
     if since is not None:
         query = query.where(resource_versions.c.last_updated >= since)
     rows = conn.execute(query.order_by(resource_versions.c.seq.desc()).limit(count)).all()
-    return [Change(row.seq, row.method, stored_from_row(row)) for row in rows]
+    keyring = keyring_of(conn)
+    return [Change(row.seq, row.method, stored_from_row(row, keyring)) for row in rows]
 
 
 def count(conn: Connection, *, upto: int, pk: int, since: datetime | None = None) -> int:

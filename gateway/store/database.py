@@ -17,14 +17,31 @@ from alembic.config import Config
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 
+from gateway.store import encryption
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, keyring: encryption.Keyring | None = None,
+                statement_timeout_seconds: float = 0) -> Engine:
+    """The engine; `keyring` (encryption at rest) rides on each of its connections.
+
+    `statement_timeout_seconds` > 0 sets PostgreSQL's `statement_timeout` on every
+    connection, so a pathological query is cut off (SQLSTATE 57014, answered 503 by
+    `gateway.api.protection`); `upgrade` lifts it for migrations.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(url, parsed.database)
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        engine = _sqlite_engine(url, parsed.database)
+    elif parsed.get_backend_name() == "postgresql" and statement_timeout_seconds > 0:
+        options = f"-c statement_timeout={int(statement_timeout_seconds * 1000)}"
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                               connect_args={"options": options})
+    else:
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    if keyring is not None:
+        encryption.attach(engine, keyring)
+    return engine
 
 
 def _sqlite_engine(url: str, database: str | None) -> Engine:
@@ -66,9 +83,15 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to `revision` (default: the newest)."""
     config = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            # a migration may rightly take longer than any request (statement_timeout)
+            connection.exec_driver_sql("SET statement_timeout = 0")
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
         if connection.in_transaction():
+            connection.commit()
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql("RESET statement_timeout")   # back to the engine's
             connection.commit()
 
 
