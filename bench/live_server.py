@@ -85,7 +85,9 @@ class Server:
         self.proc: subprocess.Popen | None = None
 
     def _environment(self) -> dict:
-        env = dict(os.environ, GATEWAY_DATA_DIR=self._tmp.name, PYTHONUNBUFFERED="1")
+        # The per-client rate limit would throttle the benchmark's one client: off here.
+        env = dict(os.environ, GATEWAY_DATA_DIR=self._tmp.name, PYTHONUNBUFFERED="1",
+                   GATEWAY_RATE_LIMIT_PER_MINUTE="0")
         env.pop("GATEWAY_DATABASE_URL", None)
         if self.database_url:
             env["GATEWAY_DATABASE_URL"] = self.database_url

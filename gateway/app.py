@@ -56,6 +56,7 @@ def create_app(settings: Settings | dict | None = None) -> Flask:
     audit.init_app(app)               # /fhir/AuditEvent and the audit recorder (after_request)
     protection.install(app)           # request id, address throttle, access log (before auth)
     app.before_request(auth.require_token)
+    app.teardown_request(auth.forget_client)
     app.before_request(protection.limit_client)    # after require_token: needs g.client
     app.before_request(oauth.enforce_scopes)       # after require_token: needs g.client
     app.register_error_handler(Exception, handle_error)

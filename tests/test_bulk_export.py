@@ -312,7 +312,8 @@ def test_another_client_cannot_see_or_cancel_a_job(client, auth, gateway, stored
     url = status_url(kick_off(client, auth))
     run_jobs(gateway)
     manifest = client.get(url, headers=auth).json
-    _, other_token = create_client(gateway.engine, "other MIS", "mis")
+    _, other_token = create_client(gateway.engine, "other MIS", "mis",
+                                   ["1.2.643.5.1.13.13.12.2.78.8623"])
     other = {"Authorization": f"Bearer {other_token}"}
     assert client.get(url, headers=other).status_code == 404
     assert client.get(manifest["output"][0]["url"], headers=other).status_code == 404

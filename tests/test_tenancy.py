@@ -315,3 +315,21 @@ def test_a_client_definition_that_would_see_too_much_is_refused(app):
                          (("x", "mis", [MSK]), {"access": "all"})]:
         with pytest.raises(ClientError):
             create_client(engine, *args, **kwargs)
+
+
+def test_a_streamed_search_reads_every_page_as_the_client(backend, tenants):
+    """NDJSON pages are read while the answer streams, after the request has ended."""
+    response = tenants.get("spb", "/fhir/Observation?_format=ndjson&_count=1")
+    assert response.status_code == 200
+    assert response.get_data(as_text=True) == ""
+    lines = tenants.get("msk", "/fhir/Observation?_format=ndjson").get_data(as_text=True)
+    assert {json.loads(line)["id"] for line in lines.splitlines()} == {
+        rid for rid in MSK_IDS if rid.startswith("obs-")}
+    everything = tenants.get("spb", "/fhir/Patient?_format=ndjson").get_data(as_text=True)
+    assert {json.loads(line)["id"] for line in everything.splitlines()} == {"pat-kuznetsov"}
+
+
+def test_the_cli_after_a_request_runs_with_its_own_access(backend, tenants, app):
+    """The thread that served a clinic's request is not left with the clinic's access."""
+    tenants.get("spb", "/fhir/Patient")
+    assert tenancy.current_access.get() is tenancy.SYSTEM

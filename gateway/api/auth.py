@@ -25,9 +25,10 @@ READING_POSTS = {"fhir.search_form", "bulk.cancel"}
 
 
 def require_token() -> None:
-    # Threads are reused between requests: forget the previous caller first.
+    # Threads are reused between requests: forget the previous caller first; the
+    # thread's own access comes back when the request ends (`forget_client`).
     submissions.current_client.set(None)
-    tenancy.current_access.set(tenancy.NOBODY)
+    g.access_before = tenancy.current_access.set(tenancy.NOBODY)
     if request.endpoint in PUBLIC_ENDPOINTS:
         return
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -42,6 +43,14 @@ def require_token() -> None:
     submissions.current_client.set(client.pk)
     tenancy.current_access.set(tenancy.Access.of(client))
     _check_kind(client)
+
+
+def forget_client(_error=None) -> None:
+    """Teardown: the thread reads with its own access again (streams carry theirs)."""
+    token = g.pop("access_before", None)
+    if token is not None:
+        tenancy.current_access.reset(token)
+        submissions.current_client.set(None)
 
 
 def _check_kind(client) -> None:

@@ -20,6 +20,7 @@ from gateway.errors import InvalidRequest, NotFound
 from gateway.export import legacy
 from gateway.services import services
 from gateway.settings import Settings
+from gateway.store import tenancy
 
 blueprint = Blueprint("legacy_export", __name__)
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ def legacy_export(register: str):
     gateway = services()
     chunks = legacy.iter_legacy(gateway.engine, register, _signer(gateway.settings), since)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    return Response(stream_with_context(_logged(chunks, register)),
+    return Response(stream_with_context(tenancy.carrying(_logged(chunks, register))),
                     mimetype="application/xml",
                     headers={"Content-Disposition":
                              f'attachment; filename="legacy-{register}-{stamp}.xml"',
@@ -55,7 +56,9 @@ def _since(value: str | None) -> datetime | None:
         return None
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "+"))
-    except ValueError:
+        if moment.tzinfo is not None:
+            moment.astimezone(UTC)   # 0001-01-01T00:00+01:00 has no UTC date: unreadable too
+    except (ValueError, OverflowError):
         moment = None
     if moment is None or moment.tzinfo is None:
         raise InvalidRequest(

@@ -14,6 +14,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from gateway import fhir
 from gateway.errors import MalformedBody, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
+from gateway.store import tenancy
 
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
 XML_TYPES = ("application/fhir+xml", "application/xml", "text/xml", "application/xml+fhir")
@@ -113,11 +114,12 @@ def render(resource: dict, media_type: str, status: int = 200,
 
 def render_bundle(bundle: dict, media_type: str) -> Response:
     """A Bundle streamed entry by entry (see `gateway.fhir.bundle_chunks`)."""
-    return Response(fhir.bundle_chunks(bundle, is_xml(media_type)),
+    return Response(tenancy.carrying(fhir.bundle_chunks(bundle, is_xml(media_type))),
                     content_type=f"{media_type}; charset=utf-8")
 
 
 def render_lines(resources: Iterable[dict], media_type: str) -> Response:
     """NDJSON: one resource per line, written as the iterable yields them."""
-    return Response((fhir.to_json_bytes(resource) + b"\n" for resource in resources),
+    return Response(tenancy.carrying(fhir.to_json_bytes(resource) + b"\n"
+                                     for resource in resources),
                     content_type=media_type)

@@ -32,8 +32,10 @@ Writes by an `mis` client are refused when:
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sqlalchemy import and_, delete, exists, insert, select, true, update
 from sqlalchemy.engine import Connection
@@ -48,6 +50,7 @@ from gateway.store.schema import (
 )
 from gateway.validation import systems
 
+T = TypeVar("T")
 CONTENT, ROLE, WRITER = "content", "role", "writer"
 PENDING_KEY = "gateway.tenancy.pending"     # conn.info: what this transaction touched
 STRUCTURE = ("Organization", "PractitionerRole")
@@ -82,6 +85,28 @@ NOBODY = Access("mis", can_write=False, label="anonymous")   # sees and writes n
 # The access of the code running now. Outside a request (worker, CLI) it is SYSTEM;
 # the API layer sets it for every request, NOBODY until the client is known.
 current_access: ContextVar[Access] = ContextVar("current_access", default=SYSTEM)
+
+
+def carrying(chunks: Iterable[T]) -> Iterator[T]:
+    """An iterator that reads with the access current now, whenever it is consumed.
+
+    A streamed response is consumed after the request's teardown has restored the
+    access of the thread; its lazy reads must still be the client's.
+    """
+    return _carried(iter(chunks), current_access.get())     # taken now, not when consumed
+
+
+def _carried(iterator: Iterator[T], access: Access) -> Iterator[T]:
+    while True:
+        previous = current_access.get()
+        current_access.set(access)
+        try:
+            chunk = next(iterator)
+        except StopIteration:
+            return
+        finally:
+            current_access.set(previous)
+        yield chunk
 
 
 # --- reading --------------------------------------------------------------------------
