@@ -96,6 +96,19 @@ def organization_of(resource_type: str, resource: dict | None, rid: str) -> str 
         return parent if parent and parent.startswith("Organization") else f"Organization/{rid}"
     if resource is None:
         return None
+    for reference in organization_references(resource_type, resource):
+        target = _target(reference, "Organization")
+        if target and target.startswith("Organization"):
+            return target
+    return None
+
+
+def organization_references(resource_type: str, resource: dict) -> list[dict]:
+    """The references by which a role or a record names the organization it belongs to.
+
+    Practitioners among a record's performers are returned too: whoever reads them
+    keeps the Organization ones (by type or by the target they resolve to).
+    """
     candidates = {
         "PractitionerRole": [resource.get("organization")],
         "Immunization": [p.get("actor") for p in resource.get("performer") or []
@@ -103,11 +116,7 @@ def organization_of(resource_type: str, resource: dict | None, rid: str) -> str 
         "DiagnosticReport": resource.get("performer") or [],
         "Observation": resource.get("performer") or [],
     }.get(resource_type, [])
-    for reference in candidates:
-        target = _target(reference or {}, "Organization")
-        if target and target.startswith("Organization"):
-            return target
-    return None
+    return [reference for reference in candidates if isinstance(reference, dict)]
 
 
 def _references(resource: dict, path: str) -> list[dict]:

@@ -41,6 +41,7 @@ from sqlalchemy import and_, delete, exists, insert, select, true, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
+from gateway.delivery import routing
 from gateway.errors import Forbidden
 from gateway.store.schema import (
     organization_regions,
@@ -290,14 +291,7 @@ def _content_owners(conn: Connection, resource_type: str, content: dict | None,
         parent = content.get("partOf")
         return ({own} if own else set()) | (
             _organizations(conn, [parent]) if isinstance(parent, dict) else set())
-    named = {
-        "PractitionerRole": [content.get("organization")],
-        "Immunization": [p.get("actor") for p in content.get("performer") or []
-                         if isinstance(p, dict)],
-        "DiagnosticReport": content.get("performer") or [],
-        "Observation": content.get("performer") or [],
-    }.get(resource_type, [])
-    return _organizations(conn, [r for r in named if isinstance(r, dict)])
+    return _organizations(conn, routing.organization_references(resource_type, content))
 
 
 def frmo_oid(organization: dict) -> str | None:
