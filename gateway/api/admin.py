@@ -15,6 +15,7 @@ from gateway.store import clients
 
 blueprint = Blueprint("admin", __name__)
 FIELDS = {"name", "role", "organizations", "region", "access", "scopes", "jwks"}
+MAX_ID = 2**63 - 1          # the largest key a database integer column holds
 
 
 @blueprint.before_request
@@ -35,9 +36,10 @@ def client_create():
         raise InvalidRequest(f"Неизвестные поля: {', '.join(sorted(unknown))}.",
                              f"Unknown fields: {', '.join(sorted(unknown))}.")
     name, role = body.get("name"), body.get("role")
-    if not isinstance(name, str) or not name.strip() or len(name) > 200:
-        raise InvalidRequest("Поле name обязательно: строка до 200 символов.",
-                             "name is required: a string of at most 200 characters.",
+    if not isinstance(name, str) or not name.strip() or len(name) > 200 \
+            or not name.isprintable():
+        raise InvalidRequest("Поле name обязательно: строка до 200 печатных символов.",
+                             "name is required: at most 200 printable characters.",
                              expression="name")
     organizations = body.get("organizations") or []
     if not isinstance(organizations, list) or not all(isinstance(o, str) for o in organizations):
@@ -45,8 +47,9 @@ def client_create():
                              "organizations is a list of ФРМО OIDs.", expression="organizations")
     strings = {k: body.get(k) for k in ("role", "region", "access", "scopes")}
     for key, value in strings.items():
-        if value is not None and not isinstance(value, str):
-            raise InvalidRequest(f"Поле {key} — строка.", f"{key} must be a string.",
+        if value is not None and (not isinstance(value, str) or not value.isprintable()):
+            raise InvalidRequest(f"Поле {key} — строка печатных символов.",
+                                 f"{key} must be a string of printable characters.",
                                  expression=key)
     jwks = _jwks(body.get("jwks"))
     try:
@@ -90,7 +93,7 @@ def client_jwks(pk: int):
 
 
 def _existing(pk: int) -> dict:
-    found = clients.describe_pk(services().engine, pk)
+    found = clients.describe_pk(services().engine, pk) if pk <= MAX_ID else None
     if found is None:
         raise NotFound(f"Клиент {pk} не найден.", f"Client {pk} not found.")
     return found

@@ -29,6 +29,7 @@ from gateway.validation import systems
 
 blueprint = Blueprint("delivery", __name__)
 MAX_COUNT = 1000
+MAX_ID = 2**63 - 1          # the largest key a database integer column holds
 OID = re.compile(r"^\d+(\.\d+)+$")
 
 
@@ -42,7 +43,7 @@ def jwks():
 @blueprint.get("/api/v1/submissions/<sid>")
 def submission(sid: str):
     with services().engine.connect() as conn:
-        found = submissions.get(conn, sid)
+        found = submissions.get(conn, sid) if "\x00" not in sid else None
     if found is None:
         raise NotFound(f"Отправка {sid} не найдена.", f"Submission {sid!r} not found.")
     return jsonify(found)
@@ -58,7 +59,9 @@ def submission_list():
             f"Неизвестный статус: {', '.join(sorted(unknown))}. Допустимы: "
             f"{', '.join(submissions.STATUSES)}.", f"Unknown status {sorted(unknown)}.")
     count = _integer(args.get("_count", "100"), "_count", 1, MAX_COUNT)
-    after = _integer(args["cursor"], "cursor", 0, None) if args.get("cursor") else None
+    after = _integer(args["cursor"], "cursor", 0, MAX_ID) if args.get("cursor") else None
+    for name in ("organization", "resource"):
+        _no_nul(args.get(name), name)
     with services().engine.connect() as conn:
         organization = _organization(conn, args.get("organization"))
         found, cursor = submissions.search(
@@ -77,13 +80,13 @@ def webhook_register():
     body = fhir.parse_json_value(request.get_data(cache=False), 8)
     url = body.get("url") if isinstance(body, dict) else None
     secret = body.get("secret") if isinstance(body, dict) else None
-    if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https") \
-            or not urlsplit(url).netloc:
+    if not _http_url(url):
         raise InvalidRequest("Укажите url вебхука: адрес http(s)://…",
                              "Give the webhook's url as http(s)://…", expression="url")
-    if secret is not None and (not isinstance(secret, str) or len(secret) < 16):
-        raise InvalidRequest("Секрет вебхука — строка не короче 16 символов.",
-                             "The webhook secret must be a string of 16+ characters.",
+    if secret is not None and (not isinstance(secret, str) or len(secret) < 16
+                               or not secret.isprintable()):
+        raise InvalidRequest("Секрет вебхука — строка не короче 16 печатных символов.",
+                             "The webhook secret must be a string of 16+ printable characters.",
                              expression="secret")
     created = webhooks.register(services().engine, g.client.pk, url, secret, utcnow())
     return jsonify(created), 201
@@ -96,7 +99,7 @@ def webhook_list():
 
 @blueprint.delete("/api/v1/webhooks/<int:pk>")
 def webhook_delete(pk: int):
-    if not webhooks.deactivate(services().engine, g.client.pk, pk):
+    if pk > MAX_ID or not webhooks.deactivate(services().engine, g.client.pk, pk):
         raise NotFound("Вебхук не найден.", f"Webhook {pk} not found.")
     return "", 204
 
@@ -126,7 +129,8 @@ def outbox_summary():
 @blueprint.post("/api/v1/admin/outbox/<identifier>/retry")
 def outbox_retry(identifier: str):
     require_admin()
-    result = outbox.retry(services().engine, identifier, utcnow())
+    result = outbox.retry(services().engine, identifier, utcnow()) \
+        if "\x00" not in identifier else None
     if result is None:
         raise NotFound("Пакет или отправка не найдены.", f"No Bundle or submission {identifier!r}.")
     return jsonify(result)
@@ -138,8 +142,25 @@ def outbox_requeue_dead():
     return jsonify(requeued=outbox.requeue_dead(services().engine, utcnow()))
 
 
+def _no_nul(value: str | None, name: str) -> None:
+    """PostgreSQL refuses NUL in text: such a value can match nothing, and says so."""
+    if value and "\x00" in value:
+        raise InvalidRequest(f"Параметр {name} содержит недопустимый символ NUL.",
+                             f"{name} contains a NUL character.")
+
+
+def _http_url(url) -> bool:
+    try:
+        parts = urlsplit(url) if isinstance(url, str) and "\x00" not in url else None
+    except ValueError:              # e.g. "http://[::1": an unclosed IPv6 address
+        return False
+    return parts is not None and parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
 def _integer(raw: str, name: str, low: int, high: int | None) -> int:
-    if not raw.isdigit() or int(raw) < low or (high is not None and int(raw) > high):
+    # isdigit() alone takes "²", which int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < low \
+            or (high is not None and int(raw) > high):
         limit = f"{low}…{high}" if high is not None else f"≥ {low}"
         raise InvalidRequest(f"Параметр {name} должен быть целым числом {limit}.",
                              f"{name} must be an integer {limit}.")
@@ -151,12 +172,12 @@ def _since(raw: str | None) -> datetime | None:
         return None
     try:
         moment = datetime.fromisoformat(raw)
-    except ValueError:
+        if moment.tzinfo is not None:   # OverflowError: 0001-01-01T00:00+01:00 has no UTC date
+            moment = moment.astimezone(UTC).replace(tzinfo=None)
+    except (ValueError, OverflowError):
         raise InvalidRequest("since: ожидается дата-время ISO 8601, например "
                              "2026-11-23T10:00:00+03:00.",
                              "since must be an ISO 8601 date-time.") from None
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
     return moment
 
 

@@ -1,10 +1,12 @@
 """`POST /api/v1/ingest/{mapping}`: vendor JSON (one record or an array) or a CSV list."""
 from __future__ import annotations
 
+import csv
+
 from flask import Blueprint, jsonify, request
 
 from gateway import fhir, intake
-from gateway.errors import InvalidRequest, NotFound, UnsupportedMediaType
+from gateway.errors import InvalidRequest, MalformedBody, NotFound, UnsupportedMediaType
 from gateway.mapping import csv_records
 from gateway.services import services
 
@@ -20,9 +22,10 @@ def ingest(name: str):
                        f"No mapping named {name!r}.")
     body = request.get_data(cache=False)         # MAX_CONTENT_LENGTH refuses huge bodies (413)
     if request.mimetype == "text/csv":
-        records = csv_records.read_records(body, mapping)
+        records = _csv_records(body, mapping)
     else:
-        records = _json_records(body, gateway.settings.max_json_depth)
+        records = _json_records(body, gateway.settings.max_json_depth,
+                                gateway.settings.max_json_elements)
     if len(records) > intake.MAX_RECORDS:
         raise InvalidRequest(f"В одном запросе не больше {intake.MAX_RECORDS} записей.",
                              f"At most {intake.MAX_RECORDS} records per request.")
@@ -31,12 +34,20 @@ def ingest(name: str):
                    records=[r.to_json() for r in results])
 
 
-def _json_records(body: bytes, max_depth: int) -> list:
+def _csv_records(body: bytes, mapping) -> list:
+    try:
+        return csv_records.read_records(body, mapping)
+    except csv.Error as error:          # e.g. a field longer than the csv module's limit
+        raise MalformedBody("Не удалось прочитать CSV-файл: проверьте кавычки и длину полей.",
+                            f"Unreadable CSV: {error}.") from None
+
+
+def _json_records(body: bytes, max_depth: int, max_elements: int) -> list:
     if request.mimetype not in ("application/json", "application/fhir+json"):
         raise UnsupportedMediaType(
             "Отправляйте application/json (запись или массив записей) или text/csv.",
             "Send application/json (a record or an array of records) or text/csv.")
-    data = fhir.parse_json_value(body, max_depth)
+    data = fhir.parse_json_value(body, max_depth, max_elements)
     return data if isinstance(data, list) else [data]
 
 
