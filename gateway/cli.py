@@ -250,9 +250,7 @@ def tenancy() -> None:
 def tenancy_rebuild() -> None:
     """Recompute every resource's owners from its content (after upgrading to 0006)."""
     from gateway.store import tenancy as rule
-    engine = _upgraded_engine()
-    with engine.connect().execution_options(write=True) as conn, conn.begin():
-        done = rule.rebuild(conn)
+    done = rule.rebuild(_upgraded_engine())
     click.echo(f"Owners recomputed for {done} resources.")
 
 

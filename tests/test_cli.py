@@ -86,6 +86,54 @@ def test_clients_create_refuses_an_unknown_role(runner, env):
     assert result.exit_code != 0
 
 
+def test_clients_create_refuses_a_definition_that_would_see_too_much(runner, env):
+    for args in (["--role", "mis"], ["--role", "mis", "--org", "not-an-oid"],
+                 ["--role", "region", "--region", "Москва"], ["--role", "admin", "--org", "1.2.3"]):
+        result = runner.invoke(main, ["clients", "create", "--name", "x", *args])
+        assert result.exit_code == 2, (args, result.output)
+
+
+def test_clients_list_rotate_and_revoke(runner, env):
+    created = runner.invoke(main, ["clients", "create", "--name", "РЕГИЗ", "--role", "region",
+                                   "--region", "77", "--access", "read"])
+    old = created.output.strip().splitlines()[-1]
+    client_id = created.output.split("(id ")[1].split(",")[0]
+    listed = runner.invoke(main, ["clients", "list", "--json"])
+    assert json.loads(listed.output)[0] | {"created": None} == {
+        "id": int(client_id), "name": "РЕГИЗ", "role": "region", "organizations": [],
+        "region": "77", "access": "read", "scopes": "system/*.cruds", "active": True,
+        "oauth": False, "created": None, "revoked": None, "rotated": None}
+    assert old not in listed.output
+    rotated = runner.invoke(main, ["clients", "rotate", client_id])
+    new = rotated.output.strip().splitlines()[-1]
+    from gateway.app import create_app
+    http = create_app().test_client()
+    assert http.get("/fhir/Patient", headers={"Authorization": f"Bearer {old}"}).status_code == 401
+    assert http.get("/fhir/Patient", headers={"Authorization": f"Bearer {new}"}).status_code == 200
+    assert runner.invoke(main, ["clients", "revoke", client_id]).exit_code == 0
+    assert http.get("/fhir/Patient", headers={"Authorization": f"Bearer {new}"}).status_code == 401
+    assert runner.invoke(main, ["clients", "revoke", client_id]).exit_code == 1
+    assert runner.invoke(main, ["clients", "rotate", client_id]).exit_code == 1
+
+
+def test_tenancy_rebuild_recomputes_owners(runner, env):
+    from sqlalchemy import delete, select
+
+    from gateway.app import create_app
+    from gateway.store.schema import resource_owners
+    from tests import delivery_data as data
+    gateway = create_app().extensions["gateway"]
+    gateway.resources.create(data.organization(1), "Organization")
+    with gateway.engine.begin() as conn:
+        conn.execute(delete(resource_owners))
+    result = runner.invoke(main, ["tenancy", "rebuild"])
+    assert result.exit_code == 0, result.output
+    assert "Owners recomputed for 1 resources." in result.output
+    with gateway.engine.connect() as conn:
+        owners = conn.execute(select(resource_owners.c.organization)).scalars().all()
+    assert owners == [data.frmo_oid(1)]
+
+
 def test_validate_accepts_a_valid_file(runner, env):
     result = runner.invoke(main, ["validate", str(FIXTURES / "valid/practitioner-ivanova.json")])
     assert result.exit_code == 0, result.output

@@ -298,8 +298,7 @@ def test_owners_can_be_rebuilt_from_content(backend, tenants, app):
     with engine.begin() as conn:
         conn.execute(delete(resource_owners))
     assert tenants.get("msk", "/fhir/Organization/org-msk-clinic").status_code == 404
-    with engine.connect().execution_options(write=True) as conn, conn.begin():
-        assert tenancy.rebuild(conn) == len(MSK_IDS) + len(SPB_IDS)
+    assert tenancy.rebuild(engine, batch=4) == len(MSK_IDS) + len(SPB_IDS)
     assert tenants.get("msk", "/fhir/Organization/org-msk-clinic").status_code == 200
     assert tenants.get("msk", "/fhir/PractitionerRole/role-ivanova-therapist").status_code == 200
     assert tenants.get("msk", "/fhir/Practitioner/prac-ivanova").status_code == 200

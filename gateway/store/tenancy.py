@@ -384,18 +384,22 @@ def _refresh_practitioner(conn: Connection, rid: str) -> None:
     _replace(conn, pk, ROLE, organizations)
 
 
-def rebuild(conn: Connection, batch: int = 1000) -> int:
-    """Recompute content and role owners of every resource (after an upgrade); the count."""
+def rebuild(engine, batch: int = 1000) -> int:
+    """Recompute content and role owners of every resource (after an upgrade); the count.
+
+    One short write transaction per batch, so serving goes on meanwhile.
+    """
     done, last = 0, 0
     while True:
-        rows = conn.execute(select(resources.c.pk, resources.c.resource_type, resources.c.id)
-                            .where(resources.c.pk > last).order_by(resources.c.pk)
-                            .limit(batch)).all()
+        with engine.connect().execution_options(write=True) as conn, conn.begin():
+            rows = conn.execute(select(resources.c.pk, resources.c.resource_type,
+                                       resources.c.id).where(resources.c.pk > last)
+                                .order_by(resources.c.pk).limit(batch)).all()
+            for pk, resource_type, rid in rows:
+                touched(conn, pk, resource_type, rid, _content(conn, pk), existed=True)
+            settle(conn, SYSTEM)
         if not rows:
             return done
-        for pk, resource_type, rid in rows:
-            touched(conn, pk, resource_type, rid, _content(conn, pk), existed=True)
-        settle(conn, SYSTEM)
         done, last = done + len(rows), rows[-1].pk
 
 
