@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, request
+from flask import Flask, current_app, request
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from gateway import logs
 from gateway.api import audit, negotiation, openapi, protection
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, Unavailable
 from gateway.issues import Issue, operation_outcome
 from gateway.mapping import loader as mapping_loader
 from gateway.services import Services, load_terminology
@@ -65,6 +66,8 @@ def create_app(settings: Settings | dict | None = None) -> Flask:
 
 def handle_error(error: Exception):
     """Every failure as an OperationOutcome, in the client's format where possible."""
+    if isinstance(error, OperationalError) and database.cut_off(error):
+        error = _too_slow(str(error.orig).splitlines()[0])
     if isinstance(error, GatewayError):
         status, outcome, headers = error.status, error.outcome(), error.headers
     elif isinstance(error, HTTPException):
@@ -79,6 +82,17 @@ def handle_error(error: Exception):
     except GatewayError:
         media_type = "application/fhir+json"
     return negotiation.render(outcome, media_type, status, headers)
+
+
+def _too_slow(reason: str) -> Unavailable:
+    """A statement PostgreSQL cut off (statement_timeout) is 503, not 500."""
+    log.warning("Statement cut off by statement_timeout: %s", reason)
+    timeout = current_app.extensions["gateway"].settings.request_timeout_seconds
+    return Unavailable(
+        f"Запрос выполнялся дольше допустимого ({timeout} с) и прерван: сузьте условия "
+        "поиска или повторите позже.",
+        f"The request took longer than the {timeout} s allowed and was cut off; narrow "
+        "the search or retry later.", headers={"Retry-After": "5"})
 
 
 def _http_issue(error: HTTPException) -> Issue:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from urllib.parse import quote, unquote_plus
 
-__all__ = ["NAME_KEYS", "mask_name", "mask_text", "mask_value"]
+__all__ = ["NAME_KEYS", "mask_name", "mask_text", "mask_url"]
 
 #: keys whose values are person names (the last segment of a chained key counts)
 NAME_KEYS = frozenset({"name", "family", "given"})
@@ -124,14 +124,13 @@ def mask_text(text: str) -> str:
     return _PASSPORT.sub(_passport, text)
 
 
-def mask_value(key: str, value: object) -> object:
-    """Mask one value known by its key: a name key masks the whole value as a name, any
-    other string goes through `mask_text`; lists and dicts are masked element by element."""
-    last = key.rsplit(".", 1)[-1].split(":", 1)[0]
-    if isinstance(value, str):
-        return mask_name(value) if last in NAME_KEYS else mask_text(value)
-    if isinstance(value, list):
-        return [mask_value(key, item) for item in value]
-    if isinstance(value, dict):
-        return {k: mask_value(str(k), v) for k, v in value.items()}
-    return value
+def mask_url(text: str) -> str:
+    """A path with its query (or any text holding one), masked as a person would read it:
+    percent-escapes are decoded and masked again, in case they hid something."""
+    masked = mask_text(text)
+    for _ in range(3):
+        decoded = unquote_plus(masked)
+        if decoded == masked:
+            break
+        masked = mask_text(decoded)
+    return masked

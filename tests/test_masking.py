@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from gateway.masking import mask_name, mask_text, mask_value
+from gateway.masking import mask_name, mask_text, mask_url
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -76,13 +76,13 @@ def test_mask_name():
     assert mask_name("***") == "***"
 
 
-def test_mask_value_by_key():
-    assert mask_value("family", "Иванова") == "И***"
-    assert mask_value("subject:Patient.name", "Петров") == "П***"
-    assert mask_value("given", ["Анна", "Петровна"]) == ["А***", "П***"]
-    assert mask_value("identifier", "11223344595") == "***-***-445 95"
-    assert mask_value("note", {"family": "Сидоров", "count": 3}) == {"family": "С***", "count": 3}
-    assert mask_value("count", 3) == 3
+def test_a_url_is_masked_after_its_percent_escapes_are_decoded():
+    masked = mask_url("/fhir/Patient?family=%D0%98%D0%B2%D0%B0%D0%BD%D0%BE%D0%B2%D0%B0"
+                      "&identifier=urn%3Aoid%3A1.2.643.100.3%7C112-233-445%2095")
+    assert "Иванова" not in masked
+    assert "112-233" not in masked
+    assert "***-***-445 95" in masked
+    assert masked.startswith("/fhir/Patient?family=И***")
 
 
 def test_a_whole_resource_dumped_as_json_leaves_no_identifier_or_name():

@@ -21,16 +21,16 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from urllib.parse import unquote_plus, urlencode
+from urllib.parse import urlencode
 
 from flask import Blueprint, Flask, Response, g, request
 from lxml import etree
 
 from gateway import audit as fhir_audit
 from gateway import fhir
-from gateway.api import auth, negotiation
+from gateway.api import auth, fhir_rest, negotiation
 from gateway.errors import InvalidRequest, NotFound
-from gateway.masking import mask_text
+from gateway.masking import mask_url
 from gateway.services import services
 from gateway.store import audit as trail
 from gateway.store.clock import utcnow
@@ -233,14 +233,7 @@ def _issues(response: Response) -> list[str]:
 
 
 def _masked(text: str) -> str:
-    """Masked, with percent-escapes decoded (and masked again, in case they hid something)."""
-    masked = mask_text(text)
-    for _ in range(3):
-        decoded = unquote_plus(masked)
-        if decoded == masked:
-            break
-        masked = mask_text(decoded)
-    return _text(masked, MAX_TEXT) or ""
+    return _text(mask_url(text), MAX_TEXT) or ""
 
 
 def _text(value, limit: int) -> str | None:
@@ -261,7 +254,7 @@ def search():
     filters, count, before = parse(pairs)
     with services().engine.connect() as conn:
         rows, following = trail.search(conn, filters, count, before)
-    base = _base_url()
+    base = fhir_rest.base_url()
     links = [{"relation": "self", "url": request.url}]
     if following is not None:
         kept = [(n, v) for n, v in pairs if n != "_cursor"] + [("_cursor", str(following))]
@@ -288,11 +281,6 @@ def read(rid: str):
         raise NotFound(f"Запись журнала аудита «{rid[:64]}» не найдена.",
                        f"AuditEvent {rid[:64]!r} not found.")
     return negotiation.render(fhir_audit.to_fhir(row), media_type)
-
-
-def _base_url() -> str:
-    configured = services().settings.base_url
-    return (configured or request.url_root.rstrip("/") + "/fhir").rstrip("/")
 
 
 def parse(pairs: list[tuple[str, str]]) -> tuple[trail.Filters, int, int | None]:

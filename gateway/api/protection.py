@@ -16,8 +16,7 @@ they were registered):
    endpoints (no client) are not limited per client;
 
 and `finish` after every request: counts a 401 against the address, sets
-`X-Request-Id`, writes one access line (`gateway.access`). A PostgreSQL statement cut
-off by `statement_timeout` (see `gateway.store.database.make_engine`) becomes 503.
+`X-Request-Id`, writes one access line (`gateway.access`).
 
 The limiters live in `app.extensions["gateway.protection"]` (`gateway.ratelimit`).
 Limits on the body itself (size, JSON and XML shape, Bundle entries) are checked where
@@ -30,14 +29,12 @@ import math
 import re
 import time
 import uuid
-from urllib.parse import unquote
 
 from flask import Flask, Response, current_app, g, request
-from sqlalchemy.exc import OperationalError
 
 from gateway import logs, ratelimit
-from gateway.errors import PayloadTooLarge, TooManyRequests, Unavailable
-from gateway.masking import mask_text
+from gateway.errors import PayloadTooLarge, TooManyRequests
+from gateway.masking import mask_url
 
 EXTENSION = "gateway.protection"
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -56,7 +53,6 @@ def install(app: Flask) -> None:
     app.before_request(throttle_address)
     app.after_request(finish)
     app.teardown_request(_forget_request)
-    app.register_error_handler(OperationalError, _database_error)
 
 
 def _limiters() -> ratelimit.Limiters:
@@ -73,8 +69,7 @@ def request_id_from(header: str | None) -> str:
 def masked_path() -> str:
     """The request's path and query, percent-decoded for reading, personal data masked."""
     query = request.query_string.decode("utf-8", "replace")
-    path = request.path + ("?" + unquote(query) if query else "")
-    return mask_text(path)
+    return mask_url(request.path + ("?" + query if query else ""))
 
 
 def assign_request_id() -> None:
@@ -151,18 +146,3 @@ def check_bundle_entries(bundle: dict, limit: int) -> None:
             "разделите его на несколько.",
             f"Bundle has {len(entries)} entries; at most {limit} are accepted. Split it.",
             expression="Bundle.entry")
-
-
-def _database_error(error: OperationalError):
-    """A statement PostgreSQL cut off (statement_timeout) is 503, not 500."""
-    from gateway.app import handle_error  # the one place failures become responses
-    if getattr(error.orig, "sqlstate", None) == _QUERY_CANCELED:
-        logging.getLogger("gateway").warning("Statement cut off by statement_timeout: %s",
-                                             str(error.orig).splitlines()[0])
-        timeout = current_app.extensions["gateway"].settings.request_timeout_seconds
-        return handle_error(Unavailable(
-            f"Запрос выполнялся дольше допустимого ({timeout} с) и прерван: сузьте условия "
-            "поиска или повторите позже.",
-            f"The request took longer than the {timeout} s allowed and was cut off; narrow "
-            "the search or retry later.", headers={"Retry-After": "5"}))
-    return handle_error(error)

@@ -49,10 +49,17 @@ def destination(resource_type: str, resource: dict | None) -> str | None:
     if resource_type == "Organization":
         if resource is None:
             return FRMO
-        has_oid = any(i.get("system") == systems.FRMO
-                      for i in resource.get("identifier") or [] if isinstance(i, dict))
-        return FRMO if has_oid else ELMK
+        return FRMO if frmo_oid(resource) else ELMK
     return _BY_TYPE.get(resource_type)
+
+
+def frmo_oid(organization: dict) -> str | None:
+    """The organization's own ФРМО OID (without `urn:oid:`), if it has one."""
+    for identifier in organization.get("identifier") or []:
+        if isinstance(identifier, dict) and identifier.get("system") == systems.FRMO \
+                and isinstance(identifier.get("value"), str):
+            return identifier["value"].removeprefix("urn:oid:")
+    return None
 
 
 def dependencies(resource_type: str, resource: dict | None) -> list[str]:

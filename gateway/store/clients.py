@@ -154,13 +154,6 @@ def get(engine: Engine, pk: int) -> Client | None:
     return client_from_row(row) if row is not None else None
 
 
-def by_name(engine: Engine, name: str) -> Client | None:
-    with engine.connect() as conn:
-        row = conn.execute(select(clients).where(clients.c.name == name)
-                           .order_by(clients.c.pk.desc()).limit(1)).first()
-    return client_from_row(row) if row is not None else None
-
-
 def jwks_of(engine: Engine, pk: int) -> dict | None:
     with engine.connect() as conn:
         raw = conn.execute(select(clients.c.jwks).where(clients.c.pk == pk)).scalar()

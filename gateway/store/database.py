@@ -68,6 +68,11 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
     return engine
 
 
+def cut_off(error: Exception) -> bool:
+    """Whether PostgreSQL cancelled the statement (statement_timeout, SQLSTATE 57014)."""
+    return getattr(getattr(error, "orig", None), "sqlstate", None) == "57014"
+
+
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 

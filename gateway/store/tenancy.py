@@ -142,20 +142,6 @@ def visible_by_key(type_column, id_column, access: Access | None = None) -> Colu
                           resources.c.id == id_column, resources.c.pk.in_(owned_pks(access)))
 
 
-def sees(conn: Connection, pk: int, access: Access | None = None) -> bool:
-    access = access or current_access.get()
-    if access.unrestricted:
-        return True
-    return conn.execute(select(resources.c.pk).where(
-        resources.c.pk == pk, visible(resources.c.pk, access))).first() is not None
-
-
-def may_see_organization(organization: str | None, access: Access | None = None) -> bool:
-    """Whether an organization's own records (by OID) are the caller's business."""
-    access = access or current_access.get()
-    return access.unrestricted or (organization in access.organizations)
-
-
 # --- writing --------------------------------------------------------------------------
 
 def touched(conn: Connection, pk: int, resource_type: str, rid: str, content: dict | None,
@@ -287,19 +273,11 @@ def _content_owners(conn: Connection, resource_type: str, content: dict | None,
     if content is None:                              # a deletion keeps its owners
         return _current(conn, resource_type, rid, CONTENT)
     if resource_type == "Organization":         # itself, and the clinic it is part of
-        own = frmo_oid(content)
+        own = routing.frmo_oid(content)
         parent = content.get("partOf")
         return ({own} if own else set()) | (
             _organizations(conn, [parent]) if isinstance(parent, dict) else set())
     return _organizations(conn, routing.organization_references(resource_type, content))
-
-
-def frmo_oid(organization: dict) -> str | None:
-    for identifier in organization.get("identifier") or []:
-        if isinstance(identifier, dict) and identifier.get("system") == systems.FRMO \
-                and isinstance(identifier.get("value"), str):
-            return identifier["value"].removeprefix("urn:oid:")
-    return None
 
 
 def _organizations(conn: Connection, references: list[dict]) -> set[str]:
@@ -326,7 +304,7 @@ def _current(conn: Connection, resource_type: str, rid: str, source: str) -> set
 
 def _set_region(conn: Connection, organization: dict | None, claims: set[str]) -> None:
     """Remember the region of an organization with its own ФРМО OID."""
-    oid = frmo_oid(organization) if organization else None
+    oid = routing.frmo_oid(organization) if organization else None
     addresses = (organization or {}).get("address") or []
     state = addresses[0].get("state") if addresses and isinstance(addresses[0], dict) else None
     if not oid or not isinstance(state, str):
