@@ -37,7 +37,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TypeVar
 
-from sqlalchemy import and_, delete, exists, insert, select, true, update
+from sqlalchemy import and_, bindparam, delete, exists, insert, or_, select, true, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -55,6 +55,9 @@ T = TypeVar("T")
 CONTENT, ROLE, WRITER = "content", "role", "writer"
 PENDING_KEY = "gateway.tenancy.pending"     # conn.info: what this transaction touched
 STRUCTURE = ("Organization", "PractitionerRole")
+# The search-index references by which resources name an organization.
+NAMING_ORGANIZATIONS = (("Organization", "partof"), ("PractitionerRole", "organization"),
+                        ("Immunization", "performer"), ("DiagnosticReport", "performer"))
 _CLAIMED_BY = {"Organization": "Organization.identifier", "PractitionerRole":
                "PractitionerRole.organization"}
 
@@ -153,13 +156,14 @@ def touched(conn: Connection, pk: int, resource_type: str, rid: str, content: di
     """
     pending = conn.info.setdefault(PENDING_KEY, {})
     if pk in pending:
-        before, linked = pending[pk]["before"], pending[pk]["linked"]
+        sources, linked = pending[pk]["sources"], pending[pk]["linked"]
         written = written or pending[pk]["written"]
     else:
-        before = owners_of(conn, pk) if existed else None
+        sources = _owners_by_source(conn, pk) if existed else None
         linked = _practitioners_of_role_pk(conn, pk) \
             if existed and resource_type == "PractitionerRole" else set()
-    pending[pk] = {"type": resource_type, "id": rid, "content": content, "before": before,
+    pending[pk] = {"type": resource_type, "id": rid, "content": content, "sources": sources,
+                   "before": set().union(*sources.values()) if sources is not None else None,
                    "written": written, "linked": linked}
 
 
@@ -187,14 +191,17 @@ def settle(conn: Connection, access: Access | None = None) -> None:
         claims = _content_owners(conn, item["type"], item["content"], item["id"])
         if not access.unrestricted:
             _check_claims(access, item["type"], item["id"], claims)
-        _replace(conn, pk, CONTENT, claims)
-        if not access.unrestricted and access.role == "mis":
-            _add(conn, pk, WRITER, access.organizations)
+        had = item["sources"] or {}
+        _sync(conn, pk, CONTENT, had.get(CONTENT, set()), claims)
+        if access.role == "mis":
+            writers = had.get(WRITER, set())
+            _sync(conn, pk, WRITER, writers, writers | access.organizations)
         if item["type"] == "Organization":
             _set_region(conn, item["content"], claims)
-            _refresh_dependants(conn, item["id"])
-        if item["type"] == "Practitioner":
-            practitioners.add(item["id"])
+            if claims != had.get(CONTENT, set()):       # what names it may now be its
+                _refresh_dependants(conn, item["id"])
+        if item["type"] == "Practitioner" and item["sources"] is None:
+            practitioners.add(item["id"])       # new: roles may already name him
         if item["type"] == "PractitionerRole":
             practitioners |= _practitioners_named(item["content"]) | item["linked"]
     for rid in practitioners:
@@ -244,25 +251,56 @@ def _foreign(item: dict) -> Forbidden:
         f"The {item['type']} belongs to another organization; this client may not change it.")
 
 
+# The statements every write runs, built once: building SQLAlchemy expressions costs more
+# than running these indexed lookups.
+_OWNERS = select(resource_owners.c.source, resource_owners.c.organization).where(
+    resource_owners.c.resource_pk == bindparam("pk"))
+_OWNERS_OF_RESOURCE = select(resource_owners.c.organization).join(
+    resources, resources.c.pk == resource_owners.c.resource_pk).where(
+    resources.c.resource_type == bindparam("resource_type"), resources.c.id == bindparam("id"),
+    resource_owners.c.source == bindparam("source"))
+_NAMING = select(search_reference.c.resource_pk, resources.c.resource_type, resources.c.id) \
+    .join(resources, resources.c.pk == search_reference.c.resource_pk).where(
+    # each term leads with (resource_type, param, target_id): the index's own order
+    or_(*(and_(search_reference.c.resource_type == rtype, search_reference.c.param == param)
+          for rtype, param in NAMING_ORGANIZATIONS)),
+    search_reference.c.target_id == bindparam("id"),
+    search_reference.c.target_type == "Organization", resources.c.deleted.is_(False))
+
+
 def owners_of(conn: Connection, pk: int, sources: tuple[str, ...] | None = None) -> set[str]:
-    query = select(resource_owners.c.organization).where(resource_owners.c.resource_pk == pk)
-    if sources:
-        query = query.where(resource_owners.c.source.in_(sources))
-    return set(conn.execute(query).scalars())
+    return {organization for source, organization in conn.execute(_OWNERS, {"pk": pk})
+            if sources is None or source in sources}
+
+
+def _owners_by_source(conn: Connection, pk: int) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for source, organization in conn.execute(_OWNERS, {"pk": pk}):
+        found.setdefault(source, set()).add(organization)
+    return found
+
+
+def _sync(conn: Connection, pk: int, source: str, have: set[str], want) -> None:
+    """Make a resource's owners of one source `want`, knowing it has `have`: only changes
+    are written (an update that keeps its owners costs no statement)."""
+    want = set(want)
+    if have - want:
+        conn.execute(delete(resource_owners).where(
+            resource_owners.c.resource_pk == pk, resource_owners.c.source == source,
+            resource_owners.c.organization.in_(sorted(have - want))))
+    if want - have:
+        conn.execute(insert(resource_owners), [
+            {"resource_pk": pk, "organization": oid, "source": source}
+            for oid in sorted(want - have)])
 
 
 def _replace(conn: Connection, pk: int, source: str, organizations) -> None:
-    conn.execute(delete(resource_owners).where(resource_owners.c.resource_pk == pk,
-                                               resource_owners.c.source == source))
-    _add(conn, pk, source, organizations)
+    _sync(conn, pk, source, owners_of(conn, pk, sources=(source,)), organizations)
 
 
 def _add(conn: Connection, pk: int, source: str, organizations) -> None:
     have = owners_of(conn, pk, sources=(source,))
-    new = sorted(set(organizations) - have)
-    if new:
-        conn.execute(insert(resource_owners), [
-            {"resource_pk": pk, "organization": oid, "source": source} for oid in new])
+    _sync(conn, pk, source, have, have | set(organizations))
 
 
 # --- what a resource names ---------------------------------------------------------------
@@ -296,10 +334,8 @@ def _organizations(conn: Connection, references: list[dict]) -> set[str]:
 
 
 def _current(conn: Connection, resource_type: str, rid: str, source: str) -> set[str]:
-    return set(conn.execute(select(resource_owners.c.organization).join(
-        resources, resources.c.pk == resource_owners.c.resource_pk).where(
-        resources.c.resource_type == resource_type, resources.c.id == rid,
-        resource_owners.c.source == source)).scalars())
+    return set(conn.execute(_OWNERS_OF_RESOURCE, {"resource_type": resource_type, "id": rid,
+                                                  "source": source}).scalars())
 
 
 def _set_region(conn: Connection, organization: dict | None, claims: set[str]) -> None:
@@ -316,11 +352,7 @@ def _set_region(conn: Connection, organization: dict | None, claims: set[str]) -
 
 def _refresh_dependants(conn: Connection, organization_id: str) -> None:
     """An organization's OID may have arrived after what names it: recompute those."""
-    ref = search_reference
-    named = conn.execute(select(ref.c.resource_pk, resources.c.resource_type, resources.c.id)
-                         .join(resources, resources.c.pk == ref.c.resource_pk).where(
-        ref.c.target_type == "Organization", ref.c.target_id == organization_id,
-        resources.c.deleted.is_(False))).all()
+    named = conn.execute(_NAMING, {"id": organization_id}).all()
     owners = _current(conn, "Organization", organization_id, CONTENT)
     for pk, resource_type, rid in named:
         if owners - owners_of(conn, pk, sources=(CONTENT,)):
